@@ -1,0 +1,5 @@
+import sys
+
+from aha.cli import main
+
+sys.exit(main())

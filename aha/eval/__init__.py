@@ -1,0 +1,5 @@
+"""Evaluation."""
+
+from aha.eval.heldout import HeldoutResult, evaluate_heldout, judge
+
+__all__ = ["HeldoutResult", "evaluate_heldout", "judge"]

