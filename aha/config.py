@@ -47,6 +47,8 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " | ".join("None" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
@@ -117,12 +119,23 @@ def _unknown(cls: type, key: str, where: str) -> ConfigError:
     return ConfigError(f"{where}: unknown field {key!r} for {cls.__name__}{hint}")
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """``key=value`` with the value read as YAML (``lr=1e-5`` -> float, ``rewards={a: 1}`` -> dict)."""
+def _is_text(tp: Any) -> bool:
+    """A str field, or an Optional[str] one."""
+    if tp is str:
+        return True
+    args = typing.get_args(tp)
+    return typing.get_origin(tp) in (Union, types.UnionType) and set(args) == {str, type(None)}
+
+
+def parse_override(text: str, tp: Any = Any) -> tuple[str, Any]:
+    """``key=value`` with the value read as YAML (``lr=1e-5`` -> float, ``rewards={a: 1}`` -> dict);
+    for a text field the value is taken as written (``system_prompt=Think: then answer.``)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected key=value")
     key, raw = text.split("=", 1)
     key = key.strip()
+    if _is_text(tp):
+        return key, None if tp is not str and raw.strip() in ("null", "None", "~") else raw
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -168,7 +181,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
                 raise _unknown(cls, key, f"{path}:{lines.get(key, '?')}")
             values[key] = _coerce(value, hints[key], where)
     for text in overrides or []:
-        key, value = parse_override(text)
+        key, value = parse_override(text, hints.get(text.split("=", 1)[0].strip(), Any))
         if key not in hints:
             raise _unknown(cls, key, f"override {text!r}")
         values[key] = _coerce(value, hints[key], f"override {key}")

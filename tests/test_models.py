@@ -1,0 +1,59 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from aha.models import apply_lora, char_tokenizer, load_model, save_hf_folder
+
+
+def test_char_tokenizer_round_trips_text_and_has_a_chat_template():
+    tok = char_tokenizer()
+    text = "<think> 12 + 3 = 15 </think>\n<answer>15</answer>"
+    assert tok.decode(tok(text).input_ids) == text
+    prompt = tok.apply_chat_template([{"role": "user", "content": "1+1"}], tokenize=False, add_generation_prompt=True)
+    assert prompt == "<|im_start|>user\n1+1<|im_end|>\n<|im_start|>assistant\n"
+    assert tok.eos_token == tok.pad_token == "<|im_end|>"
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_tiny_models_are_seeded(arch):
+    a, _ = load_model(f"tiny:{arch}", seed=5)
+    b, _ = load_model(f"tiny:{arch}", seed=5)
+    c, _ = load_model(f"tiny:{arch}", seed=6)
+    wa, wb, wc = (m.model.embed_tokens.weight for m in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+
+
+def test_lora_checkpoint_is_a_plain_folder_with_the_adapters_merged(tmp_path):
+    model, tok = load_model("tiny:llama", seed=0)
+    peft_model = apply_lora(model, rank=4, alpha=8)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.01)  # a non-zero update, so the merged weights differ from the base
+    ids = tok("2 + 2 =", return_tensors="pt").input_ids
+    expected = peft_model(ids).logits
+    save_hf_folder(peft_model, tok, tmp_path / "m")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    assert torch.allclose(reloaded(ids).logits, expected, atol=1e-5)
+    assert not any("lora" in k for k in reloaded.state_dict())
+
+
+def test_a_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises((FileNotFoundError, OSError)):
+        load_model(str(tmp_path / "no-such-model"))
+    with pytest.raises(FileNotFoundError, match="GGUF file not found"):
+        load_model(str(tmp_path / "missing.gguf"))
+
+
+@pytest.mark.slow
+def test_default_model_converts_once_from_gguf_and_reloads_identically():
+    import time
+
+    model, tok = load_model("smollm2-135m-instruct")
+    assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
+    assert tok.eos_token == "<|im_end|>"
+    start = time.perf_counter()
+    again, _ = load_model("smollm2-135m-instruct")  # from the cached safetensors folder now
+    assert time.perf_counter() - start < 10
+    assert torch.equal(model.model.embed_tokens.weight, again.model.embed_tokens.weight)
