@@ -254,8 +254,8 @@ class GRPOConfig:
     # --- data and prompts --------------------------------------------------------------------------
     task: str = "chain_sum"
     """A built-in procedural task (chain_sum) or a JSONL file of question/answer records."""
-    task_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """Options of the built-in task, e.g. {min_terms: 3, max_terms: 3, max_digits: 2} for chain_sum."""
+    task_options: dict[str, Any] = dataclasses.field(default_factory=lambda: {"min_terms": 2, "max_terms": 3})
+    """Options of the built-in task; for chain_sum min_terms, max_terms, min_digits, max_digits."""
     field_map: dict[str, str] = dataclasses.field(default_factory=dict)
     """For a JSONL task: our field name -> the file's, e.g. {question: problem}."""
     eval_dataset: Optional[str] = None
@@ -278,7 +278,7 @@ class GRPOConfig:
     """Distinct prompts sampled per training step."""
     group_size: int = 8
     """Completions sampled per prompt (G); advantages compare completions within a group."""
-    max_completion_length: int = 32
+    max_completion_length: int = 48
     """Longest completion in tokens; longer ones are cut and marked truncated."""
     temperature: float = 0.7
     """Sampling temperature of the rollouts."""
@@ -286,7 +286,7 @@ class GRPOConfig:
     """Nucleus-sampling threshold of the rollouts."""
     generation_batch_size: int = 64
     """Sequences generated together (memory bound)."""
-    stop_strings: list[str] = dataclasses.field(default_factory=list)
+    stop_strings: list[str] = dataclasses.field(default_factory=lambda: ["</answer>"])
     """Strings that end a completion besides the end-of-sequence token, e.g. [</answer>]."""
     share_prompt_prefix: bool = True
     """Compute each prompt once per group (shared KV cache) in generation and training; same numbers,
@@ -295,10 +295,12 @@ class GRPOConfig:
     # --- rewards and objective ---------------------------------------------------------------------
     rewards: dict[str, Any] = dataclasses.field(default_factory=lambda: {
         "accuracy": {"weight": 1.0, "fallback_last_number": True},
+        "tag_count": {"weight": 0.5, "requires": "accuracy"},
         "format": {"weight": 1.0, "requires": "accuracy"},
     })
     """Reward name -> weight, or -> {weight, requires: <other reward>, ...options}. `requires` pays a
-    reward only where the other one is positive (here: format counts only on a correct answer)."""
+    reward only where the other one is positive: by default the format is paid only on a correct answer,
+    so tags alone never earn anything and correctness is never traded for format."""
     loss_type: str = "grpo"
     """grpo, dapo (token-level), dr_grpo (constant normaliser) or gspo (sequence-level ratio)."""
     advantage_scale: str = "group"
@@ -329,11 +331,11 @@ class GRPOConfig:
     """AdamW beta2."""
     max_grad_norm: float = 1.0
     """Gradient-norm clipping threshold (0 disables clipping)."""
-    micro_batch_size: int = 16
+    micro_batch_size: int = 32
     """Sequences per forward/backward pass; gradients accumulate over a step's micro-batches."""
     max_steps: int = 60
     """Training steps (one rollout batch each)."""
-    max_train_minutes: float = 0.0
+    max_train_minutes: float = 15.0
     """Stop training after this many minutes of wall time, finishing the step in flight (0: no limit)."""
 
     # --- run ---------------------------------------------------------------------------------------

@@ -12,9 +12,11 @@ One training step:
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import random
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -318,14 +320,15 @@ class GRPOTrainer:
                          f"{m['step_time']:.1f}s")
 
     def _summarise(self, before, after, step: int) -> dict[str, Any]:
+        peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
         summary = {"run_dir": str(self.run_dir), "steps": step, "train_seconds": self.train_seconds,
-                   "before": before, "after": after}
+                   "peak_rss_gb": round(peak_rss_gb, 2), "before": before, "after": after}
         if before and after:
             self.console.log(
                 f"held-out strict accuracy {100 * before['strict_accuracy']:.1f}% -> "
                 f"{100 * after['strict_accuracy']:.1f}%, lenient {100 * before['lenient_accuracy']:.1f}% -> "
                 f"{100 * after['lenient_accuracy']:.1f}%")
-        (self.run_dir / "summary.json").write_text(__import__("json").dumps(summary, indent=2) + "\n")
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
 
