@@ -1,0 +1,203 @@
+"""Entry point of the sandbox interpreter: ``python -I -S -B _supervisor.py`` reads one job (marshal) on
+stdin and writes one result (marshal) on stdout. Standard library only.
+
+Process tree, with namespaces (the default where the kernel allows them)::
+
+    aha (parent) ── R: this script, unshares the namespaces, forks P and waits
+                     └─ P: PID 1 of the new PID namespace: builds the root file system, drops every
+                        privilege, then for each test case forks C, waits for it with a wall-clock
+                        deadline, kills whatever is left in the namespace, and reads C's output
+                          └─ C: limits, file descriptors, audit hook, then the untrusted program
+
+P is trusted and never runs untrusted code; as the namespace's init it cannot be killed from inside,
+and it is not dumpable, so C cannot read its memory. Without namespaces ("process" isolation), R is P,
+C runs in its own process group, and the audit hook also forbids creating processes.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import select
+import signal
+import stat
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _harness  # noqa: E402
+import _isolate  # noqa: E402
+
+MAX_FD = 1024
+
+
+def main() -> int:
+    job = marshal.loads(sys.stdin.buffer.read())
+    if job["isolation"] != "namespaces":
+        return supervise(job, namespaces=False)
+    try:
+        _isolate.enter_namespaces()
+    except OSError as err:
+        return _emit({"error": f"namespaces unavailable: {err}"})
+    pid = os.fork()
+    if pid == 0:
+        os._exit(_guarded_supervise(job))
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def _guarded_supervise(job: dict) -> int:
+    try:
+        return supervise(job, namespaces=True)
+    except BaseException as err:  # report the setup failure to the parent instead of dying silently
+        return _emit({"error": f"sandbox setup failed: {type(err).__name__}: {err}"})
+
+
+def supervise(job: dict, namespaces: bool) -> int:
+    """Set up the sandbox (see module docstring), run every case, write the result."""
+    limits, uid, gid = job["limits"], job.get("uid"), job.get("gid")
+    stdlib = os.path.dirname(os.__file__)
+    warnings = []
+    if os.geteuid() != 0:
+        uid = gid = None
+    if namespaces:
+        _isolate.prctl(_isolate.PR_SET_PDEATHSIG, signal.SIGKILL)
+        owner = (uid, gid) if uid is not None else (os.getuid(), os.getgid())
+        _isolate.build_root(job["root"], sys.base_prefix, stdlib, limits["tmpfs_bytes"], owner)
+        workdir = "/tmp"
+    else:
+        workdir = job["root"]
+        if uid is not None and not _others_can_read(stdlib):
+            warnings.append(f"staying root: {stdlib} is not readable by an unprivileged user")
+            uid = gid = None
+        if uid is not None:
+            os.chown(workdir, uid, gid)
+        os.chdir(workdir)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _isolate.drop_privileges(uid, gid)
+    policy = {"workdir": workdir, "read_roots": (os.path.realpath(stdlib),), "allow_fork": namespaces}
+    count_processes = namespaces or uid is not None
+    cases = [_run_case(job, case, policy, namespaces, count_processes) for case in job["cases"]]
+    return _emit({"error": None, "cases": cases, "warnings": warnings})
+
+
+def _others_can_read(path: str) -> bool:
+    """True when a user other than the owner can reach and read ``path`` (every parent searchable)."""
+    path = os.path.realpath(path)
+    while True:
+        mode = os.stat(path).st_mode
+        if not mode & stat.S_IXOTH:
+            return False
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent
+
+
+def _memfd(name: str, data: bytes = b"") -> int:
+    fd = os.memfd_create(name)
+    if data:
+        os.write(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _run_case(job: dict, case: dict, policy: dict, namespaces: bool, count_processes: bool) -> dict:
+    """Fork C for one case, wait for it under the wall-clock deadline, clean up, collect its output."""
+    limits = job["limits"]
+    fds = {"stdin": _memfd("stdin", case.get("stdin", "").encode()), "stdout": _memfd("stdout"),
+           "stderr": _memfd("stderr"), "verdict": _memfd("verdict")}
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        _child(job, fds, policy, count_processes)
+    os.close(fds["stdin"])
+    timed_out = _wait_for(pid, limits["wall_seconds"], namespaces)
+    _, status, usage = os.wait4(pid, 0)
+    wall = time.monotonic() - start
+    if namespaces:
+        _isolate.kill_all_others()
+    else:
+        _kill_group(pid)
+    out, truncated = _read(fds["stdout"], limits["output_bytes"])
+    err, _ = _read(fds["stderr"], limits["output_bytes"])
+    verdict, _ = _read(fds["verdict"], 256)
+    return {"exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+            "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+            "timed_out": timed_out, "stdout": out, "stderr": err, "verdict": verdict,
+            "output_truncated": truncated, "wall_seconds": wall,
+            "cpu_seconds": usage.ru_utime + usage.ru_stime, "max_rss_kb": usage.ru_maxrss}
+
+
+def _wait_for(pid: int, seconds: float, namespaces: bool) -> bool:
+    """Wait until C exits or ``seconds`` pass; on time-out kill it (with namespaces: everything in the
+    namespace). True when it timed out."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        if poller.poll(max(1, int(seconds * 1000))):
+            return False
+    finally:
+        os.close(pidfd)
+    if namespaces:
+        os.kill(-1, signal.SIGKILL)
+    else:
+        _kill_group(pid, reap=False)
+    return True
+
+
+def _kill_group(pgid: int, reap: bool = True) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if reap:
+        _isolate.reap()
+
+
+def _read(fd: int, limit: int) -> tuple[bytes, bool]:
+    """At most ``limit`` bytes of a memfd, and whether it reached the limit."""
+    size = os.fstat(fd).st_size
+    data = os.pread(fd, min(size, limit), 0) if size else b""
+    os.close(fd)
+    return data, size >= limit
+
+
+def _child(job: dict, fds: dict, policy: dict, count_processes: bool) -> None:
+    """C: becomes the untrusted program. Never returns."""
+    try:
+        os.setpgid(0, 0)
+        for target, name in enumerate(("stdin", "stdout", "stderr", "verdict")):
+            os.dup2(fds[name], target)
+        os.closerange(4, MAX_FD)
+        sys.stdin = open(0, "r", closefd=False)
+        sys.stdout = open(1, "w", closefd=False)
+        sys.stderr = open(2, "w", closefd=False)
+        os.environ.clear()
+        os.environ.update({"PATH": "/usr/bin:/bin", "HOME": policy["workdir"], "TMPDIR": policy["workdir"],
+                           "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"})
+        os.chdir(policy["workdir"])
+        _isolate.set_limits(job["limits"], count_processes)
+        sys.dont_write_bytecode = True
+        if job.get("guards", True):
+            _harness.install_guards(policy)
+    except BaseException as err:
+        os.write(2, f"sandbox child setup failed: {err}\n".encode())
+        os._exit(_harness.EXIT_PROGRAM_ERROR)
+    if job["mode"] == "stdio":
+        os._exit(_harness.run_script(job["program"]))
+    _harness.run_with_tests(job["program"], job["tests"], job.get("entry_point"), job["nonce"], 3)
+    os._exit(_harness.EXIT_PROGRAM_ERROR)
+
+
+def _emit(result: dict) -> int:
+    data = marshal.dumps(result)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(1, view):]
+    return 0 if result.get("error") is None else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
