@@ -119,6 +119,7 @@ def _run_case(job: dict, case: dict, policy: dict, namespaces: bool, count_proce
         _isolate.kill_all_others()
     else:
         _kill_group(pid)
+    _empty(policy["workdir"])
     out, truncated = _read(fds["stdout"], limits["output_bytes"])
     err, _ = _read(fds["stderr"], limits["output_bytes"])
     verdict, _ = _read(fds["verdict"], 256)
@@ -154,6 +155,17 @@ def _kill_group(pgid: int, reap: bool = True) -> None:
         pass
     if reap:
         _isolate.reap()
+
+
+def _empty(directory: str) -> None:
+    """Delete everything a case left in the working directory, so that the next case starts fresh."""
+    for entry in os.scandir(directory):
+        if entry.is_dir(follow_symlinks=False):
+            os.chmod(entry.path, 0o700)
+            _empty(entry.path)
+            os.rmdir(entry.path)
+        else:
+            os.unlink(entry.path)
 
 
 def _read(fd: int, limit: int) -> tuple[bytes, bool]:

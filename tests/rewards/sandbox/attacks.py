@@ -1,0 +1,184 @@
+"""Hostile programs for the sandbox tests: each tries to escape, damage the machine, or fake a pass.
+
+Templates take ``{target}`` (a host directory outside the sandbox, world-writable), ``{secret}`` (a
+readable host file holding a token), ``{port}`` (a host TCP port listening on 127.0.0.1) and ``{pid}``
+(the test process)."""
+
+FORK_BOMB = """
+import os
+while True:
+    try:
+        os.fork()
+    except Exception:
+        pass
+"""
+
+MEMORY_BOMB = """
+hoard = []
+while True:
+    hoard.append(bytearray(50 * 1024 * 1024))
+"""
+
+INFINITE_LOOP = """
+while True:
+    pass
+"""
+
+BUSY_CHILD = """
+import os
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        while True:
+            pass
+    while True:
+        pass
+print("parent leaves")
+"""
+
+WRITE_OUTSIDE = """
+import os
+for path in ["{target}/pwned", "/var/tmp/aha-sandbox-pwned", "/dev/shm/aha-sandbox-pwned", "{target}/../aha-pwned"]:
+    try:
+        with open(path, "w") as f:
+            f.write("pwned")
+        print("wrote", path)
+    except Exception as err:
+        print("refused", path, err)
+try:
+    os.mkdir("{target}/pwned-dir")
+except Exception as err:
+    print("refused mkdir", err)
+try:
+    os.symlink("{target}", "escape")
+    open("escape/pwned-link", "w").write("x")
+except Exception as err:
+    print("refused link", err)
+"""
+
+READ_SECRET = """
+import os
+for path in ["{secret}", "/etc/shadow", "/proc/1/environ", "/proc/self/mem"]:
+    try:
+        print(open(path, errors="replace").read(200))
+    except Exception as err:
+        print("refused", path, err)
+try:
+    print(os.listdir("{target}"))
+except Exception as err:
+    print("refused listdir", err)
+"""
+
+NETWORK = """
+import socket
+s = socket.create_connection(("127.0.0.1", {port}), timeout=1)
+s.sendall(b"leak")
+print("connected")
+"""
+
+KILL_PARENT = """
+import os
+for pid in (os.getppid(), {pid}, 1):
+    for sig in (9, 15, 2):
+        try:
+            os.kill(pid, sig)
+        except Exception as err:
+            print("refused", pid, sig, err)
+try:
+    os.killpg(0, 9)
+except Exception as err:
+    print("refused killpg", err)
+try:
+    os.kill(-1, 9)
+except Exception as err:
+    print("refused kill -1", err)
+print("still here")
+"""
+
+HUGE_OUTPUT = """
+import sys
+line = "x" * 10000
+while True:
+    sys.stdout.write(line)
+"""
+
+EXIT_BEFORE_TESTS = "import sys\nsys.exit(0)\n"
+HARD_EXIT_BEFORE_TESTS = "import os\nos._exit(0)\n"
+
+OVERRIDE_BUILTINS = """
+import builtins
+builtins.abs = lambda x: 0
+builtins.len = lambda x: 3
+builtins.isinstance = lambda *a: True
+builtins.AssertionError = type("Quiet", (Exception,), {{}})
+def solve(x):
+    return -1
+"""
+
+SHADOW_BUILTINS = """
+def abs(x):
+    return 0
+def all(x):
+    return True
+def solve(x):
+    return -1
+"""
+
+ALWAYS_EQUAL = """
+class Anything:
+    def __eq__(self, other):
+        return True
+    def __ne__(self, other):
+        return False
+def solve(x):
+    return Anything()
+"""
+
+PATCH_HARNESS = """
+import os, sys
+attempts = []
+def attempt(name, action):
+    try:
+        action()
+        attempts.append(name + ": done")
+    except BaseException as err:
+        attempts.append(name + ": " + type(err).__name__)
+attempt("frame", lambda: sys._getframe(1).f_locals)
+attempt("gc", lambda: __import__("gc").get_objects())
+attempt("ctypes", lambda: __import__("ctypes"))
+attempt("traceback", lambda: (1 / 0))
+try:
+    1 / 0
+except ZeroDivisionError as err:
+    attempt("tb_frame", lambda: err.__traceback__.tb_frame)
+attempt("settrace", lambda: sys.settrace(lambda *a: None))
+attempt("marshal", lambda: __import__("marshal").loads(__import__("marshal").dumps(compile("1", "x", "eval"))))
+attempt("signal", lambda: __import__("signal"))
+attempt("_signal", lambda: sys.modules["_signal"])
+attempt("harness", lambda: sys.modules["_harness"])
+attempt("main", lambda: sys.modules["__main__"].run_with_tests)
+attempt("fake verdict", lambda: os.write(3, b"0" * 32))
+os._exit = lambda *a: None
+os.write = lambda *a: None
+sys.exit = lambda *a: None
+sys.modules["builtins"].exec = lambda *a, **k: None
+sys.modules["builtins"].compile = lambda *a, **k: None
+print(attempts)
+def solve(x):
+    return -1
+"""
+
+THREAD_LEFT = """
+import threading, time
+threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+def solve(x):
+    return x * 2
+"""
+
+TESTS = """
+def check(candidate):
+    assert abs(candidate(2) - 4) < 1e-9
+    assert len([candidate(1)]) == 1
+    assert candidate(3) == 6
+    assert all([candidate(0) == 0])
+"""

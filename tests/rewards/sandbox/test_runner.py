@@ -1,0 +1,170 @@
+"""The sandbox end to end: ordinary programs work, and every attack is contained, scores nothing and leaves
+the machine as it was (no stray process, no file written outside) while this test process survives.
+
+The attacks run under three configurations: the default (kernel namespaces + Python guards), the kernel
+layer alone (guards off), and the fallback without namespaces (process isolation)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+
+from aha.rewards.sandbox import Sandbox, SandboxLimits
+from tests.rewards.sandbox import attacks
+
+LIMITS = SandboxLimits(cpu_seconds=1, wall_seconds=1.5, memory_mb=256, output_bytes=64 * 1024, processes=16)
+ATTACKS = ["FORK_BOMB", "MEMORY_BOMB", "INFINITE_LOOP", "BUSY_CHILD", "WRITE_OUTSIDE", "READ_SECRET",
+           "NETWORK", "KILL_PARENT", "HUGE_OUTPUT"]
+CONFIGS = {"default": {}, "kernel_only": {"python_guards": False}, "process": {"isolation": "process"}}
+KERNEL_ONLY_SKIP = {"MEMORY_BOMB", "INFINITE_LOOP", "HUGE_OUTPUT"}  # limits, not guards: covered by default
+
+
+def sandbox_processes() -> set[int]:
+    """Pids of every process running the sandbox supervisor (its forks keep its command line)."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if b"_supervisor.py" in f.read():
+                        pids.add(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.fixture(scope="module")
+def sandboxes():
+    made = {name: Sandbox(LIMITS, workers=2, **options) for name, options in CONFIGS.items()}
+    yield made
+    for sandbox in made.values():
+        sandbox.close()
+
+
+@pytest.fixture
+def host(tmp_path):
+    """A world-writable directory, a readable secret file and a listening port, all outside the sandbox."""
+    target = tmp_path / "target"
+    target.mkdir()
+    target.chmod(0o777)
+    secret = tmp_path / "secret.txt"
+    token = f"TOKEN-{os.getpid()}-{time.time_ns()}"
+    secret.write_text(token)
+    secret.chmod(0o644)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    server.setblocking(False)
+    yield {"target": target, "secret": secret, "token": token, "server": server,
+           "fields": {"target": target, "secret": secret, "port": server.getsockname()[1], "pid": os.getpid()}}
+    server.close()
+
+
+def _assert_contained(runs, host, before: set[int]) -> None:
+    assert runs and all(run.status != "sandbox_error" for run in runs), runs
+    for run in runs:
+        assert host["token"] not in run.stdout + run.stderr
+        assert "wrote" not in run.stdout
+    assert sorted(p.name for p in host["target"].iterdir()) == []
+    assert not os.path.exists("/var/tmp/aha-sandbox-pwned") and not os.path.exists("/dev/shm/aha-sandbox-pwned")
+    assert not (host["target"].parent.parent / "aha-pwned").exists()
+    with pytest.raises(BlockingIOError):
+        host["server"].accept()
+    assert sandbox_processes() - before == set()
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_attack_is_contained(sandboxes, host, config, attack):
+    if config == "kernel_only" and attack in KERNEL_ONLY_SKIP:
+        pytest.skip("resource limits do not depend on the Python guards")
+    sandbox = sandboxes[config]
+    if config == "default":
+        assert sandbox.isolation == "namespaces"
+    before = sandbox_processes()
+    program = getattr(attacks, attack).format(**host["fields"])
+    runs = sandbox.run_stdio(program, [""])
+    _assert_contained(runs, host, before)
+    # judged as a stdin/stdout case expecting some other output, it scores nothing
+    assert not (runs[0].status == "ok" and runs[0].stdout.strip() == "expected")
+    if attack in ("INFINITE_LOOP", "FORK_BOMB"):
+        assert runs[0].status in ("timeout", "cpu_limit")
+    if attack == "HUGE_OUTPUT":
+        assert runs[0].status == "output_limit" and len(runs[0].stdout) <= LIMITS.output_bytes
+    if attack == "MEMORY_BOMB":
+        assert runs[0].status == "error" and "MemoryError" in runs[0].stderr
+        assert runs[0].max_rss_kb < LIMITS.memory_mb * 1024
+
+
+@pytest.mark.parametrize("config", ["default", "process"])
+@pytest.mark.parametrize("attack", ["EXIT_BEFORE_TESTS", "HARD_EXIT_BEFORE_TESTS", "OVERRIDE_BUILTINS",
+                                    "SHADOW_BUILTINS", "ALWAYS_EQUAL", "PATCH_HARNESS", "THREAD_LEFT"])
+def test_tests_cannot_be_faked(sandboxes, config, attack):
+    before = sandbox_processes()
+    run = sandboxes[config].run_tests(getattr(attacks, attack).format(), attacks.TESTS, "solve")
+    assert run.status != "sandbox_error", run
+    assert not run.verified, run
+    assert sandbox_processes() - before == set()
+    if attack == "PATCH_HARNESS":
+        for name in ("frame", "gc", "ctypes", "tb_frame", "settrace", "marshal", "signal", "_signal", "harness",
+                     "main"):
+            assert f"'{name}: done'" not in run.stdout, run.stdout
+
+
+@pytest.mark.parametrize("config", ["default", "process"])
+def test_honest_solutions_pass(sandboxes, config):
+    sandbox = sandboxes[config]
+    assert sandbox.run_tests("def solve(x):\n    return x * 2\n", attacks.TESTS, "solve").verified
+    assert not sandbox.run_tests("def solve(x):\n    return x * 3\n", attacks.TESTS, "solve").verified
+    runs = sandbox.run_stdio("import sys\na, b = map(int, sys.stdin.read().split())\nprint(a + b)\n",
+                             ["1 2", "40 2"])
+    assert [(r.status, r.stdout) for r in runs] == [("ok", "3\n"), ("ok", "42\n")]
+
+
+def test_standard_library_works_inside(sandboxes):
+    program = """
+import collections, dataclasses, enum, fractions, functools, hashlib, heapq, itertools, json, math, re, typing
+Point = collections.namedtuple("Point", "x y")
+@dataclasses.dataclass
+class Box:
+    side: int
+class Colour(enum.Enum):
+    RED = 1
+print(Point(1, 2).x + Box(3).side, Colour.RED.name, fractions.Fraction(1, 3) * 3, hashlib.md5(b"a").hexdigest()[:6])
+with open("scratch.txt", "w") as f:
+    f.write("kept in the temporary directory")
+print(open("scratch.txt").read())
+"""
+    [run] = sandboxes["default"].run_stdio(program, [""])
+    assert run.status == "ok", run.stderr
+    assert run.stdout.splitlines() == ["4 RED 1 0cc175", "kept in the temporary directory"]
+
+
+def test_each_run_gets_a_fresh_directory(sandboxes):
+    sandbox = sandboxes["default"]
+    write = "import os\nprint(sorted(os.listdir('.')))\nopen('left-behind', 'w').write('x')\n"
+    first, second = sandbox.run_stdio(write, ["", ""])
+    assert first.stdout == second.stdout == "[]\n"
+
+
+def test_limits_are_validated():
+    with pytest.raises(ValueError, match="cpu_seconds"):
+        SandboxLimits(cpu_seconds=0)
+    with pytest.raises(ValueError, match="memory_mb"):
+        SandboxLimits(memory_mb="lots")
+    with pytest.raises(ValueError, match="isolation"):
+        Sandbox(isolation="docker")
+
+
+def test_runs_in_parallel(sandboxes):
+    from aha.rewards.sandbox import Job
+
+    sandbox = sandboxes["default"]
+    start = time.perf_counter()
+    results = sandbox.map([Job("import time\ntime.sleep(0.5)\nprint('done')")] * 4)
+    elapsed = time.perf_counter() - start
+    assert [runs[0].stdout for runs in results] == ["done\n"] * 4
+    assert elapsed < 1.9  # two workers: two rounds of 0.5 s, not four
