@@ -14,6 +14,7 @@ from aha.rewards.registry import register_reward
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af\u1100-\u11ff"
 _WORD = re.compile(rf"\\[A-Za-z]+|[{_CJK}]|[A-Za-z\u00c0-\u024f]+|[\u0400-\u04ff]+|[^\W\d_{_CJK}]+")
+_TAG = re.compile(r"</?[A-Za-z_]+>")
 _THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
 SCRIPTS = {
     "latin": re.compile(r"[A-Za-z\u00c0-\u024f]"),
@@ -27,12 +28,13 @@ LANGUAGES = {"en": ("latin",), "fr": ("latin",), "de": ("latin",), "es": ("latin
 
 
 def words(text: str) -> list[str]:
-    """The words of ``text`` (see the module docstring); LaTeX commands are dropped.
+    """The words of ``text`` (see the module docstring); LaTeX commands and tags like ``<think>`` are
+    dropped.
 
     >>> words("So x = 3, 所以答案 \\\\frac{1}{2}")
     ['So', 'x', '所', '以', '答', '案']
     """
-    return [w for w in _WORD.findall(text) if not w.startswith("\\")]
+    return [w for w in _WORD.findall(_TAG.sub(" ", text)) if not w.startswith("\\")]
 
 
 def script_of(word: str) -> str:
