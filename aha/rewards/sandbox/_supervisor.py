@@ -1,17 +1,19 @@
-"""Entry point of the sandbox interpreter: ``python -I -S -B _supervisor.py`` reads one job (marshal) on
-stdin and writes one result (marshal) on stdout. Standard library only.
+"""The sandbox's supervisor: ``python -I -S -B _supervisor.py`` is a small fork server (Z) that reads jobs
+on stdin and writes results on stdout, each frame an 8-byte length then marshal data. Standard library
+only. Z has everything imported once, so a run costs forks, not an interpreter start.
 
-Process tree, with namespaces (the default where the kernel allows them)::
+Process tree of one job, with namespaces (the default where the kernel allows them)::
 
-    aha (parent) ── R: this script, unshares the namespaces, forks P and waits
-                     └─ P: PID 1 of the new PID namespace: builds the root file system, drops every
-                        privilege, then for each test case forks C, waits for it with a wall-clock
-                        deadline, kills whatever is left in the namespace, and reads C's output
-                          └─ C: limits, file descriptors, audit hook, then the untrusted program
+    aha (parent) ── Z: fork server, one per worker; forks R per job and enforces the job's deadline
+                     └─ R: own session; unshares the namespaces, forks P and waits
+                          └─ P: PID 1 of the new PID namespace: builds the root file system, drops every
+                             privilege, then for each test case forks C, waits for it with a wall-clock
+                             deadline, kills whatever is left in the namespace, and reads C's output
+                               └─ C: limits, file descriptors, audit hook, then the untrusted program
 
 P is trusted and never runs untrusted code; as the namespace's init it cannot be killed from inside,
-and it is not dumpable, so C cannot read its memory. Without namespaces ("process" isolation), R is P,
-C runs in its own process group, and the audit hook also forbids creating processes.
+and it is not dumpable, so C cannot read its memory. Each process dies with its parent (PDEATHSIG).
+Without namespaces ("process" isolation), R is P, and the audit hook also forbids creating processes.
 """
 
 from __future__ import annotations
@@ -30,10 +32,90 @@ import _harness  # noqa: E402
 import _isolate  # noqa: E402
 
 MAX_FD = 1024
+PRELOAD = ("bisect", "collections", "functools", "heapq", "itertools", "math", "operator", "re", "string")
+"""Modules programs commonly import, imported once by the fork server so that each run inherits them.
+(Not ``random``: every run would inherit the same seed.)"""
 
 
-def main() -> int:
-    job = marshal.loads(sys.stdin.buffer.read())
+def serve() -> int:
+    """Z: answer jobs until stdin closes."""
+    for name in PRELOAD:
+        __import__(name)
+    while True:
+        job = _read_frame(0)
+        if job is None:
+            return 0
+        result = _run_forked(job)
+        _write_all(1, len(result).to_bytes(8, "big") + result)
+
+
+def _read_frame(fd: int) -> dict | None:
+    header = _read_exactly(fd, 8)
+    if header is None:
+        return None
+    return marshal.loads(_read_exactly(fd, int.from_bytes(header, "big")) or b"")
+
+
+def _read_exactly(fd: int, size: int) -> bytes | None:
+    chunks, left = [], size
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _run_forked(job: dict) -> bytes:
+    """Fork R for the job; its result (marshal bytes), or an error result past the job's deadline."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        code = 3
+        try:
+            os.setsid()
+            _isolate.prctl(_isolate.PR_SET_PDEATHSIG, signal.SIGKILL)
+            devnull = os.open("/dev/null", os.O_RDWR)
+            os.dup2(devnull, 0)
+            os.dup2(write_end, 1)
+            code = run_job(job)
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    data = _collect(read_end, job["deadline"])
+    if data is None:
+        _kill_group(pid, reap=False)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    return data or marshal.dumps({"error": f"the sandbox did not finish within {job['deadline']:.0f} s"})
+
+
+def _collect(fd: int, seconds: float) -> bytes | None:
+    """Everything written to ``fd`` until it closes; None if that takes longer than ``seconds``."""
+    deadline = time.monotonic() + seconds
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    chunks = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(int(left * 1000) + 1):
+            return None
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def run_job(job: dict) -> int:
+    """R: run one job and write its result to fd 1."""
     if job["isolation"] != "namespaces":
         return supervise(job, namespaces=False)
     try:
@@ -117,8 +199,6 @@ def _run_case(job: dict, case: dict, policy: dict, namespaces: bool, count_proce
     wall = time.monotonic() - start
     if namespaces:
         _isolate.kill_all_others()
-    else:
-        _kill_group(pid)
     _empty(policy["workdir"])
     out, truncated = _read(fds["stdout"], limits["output_bytes"])
     err, _ = _read(fds["stderr"], limits["output_bytes"])
@@ -141,10 +221,7 @@ def _wait_for(pid: int, seconds: float, namespaces: bool) -> bool:
             return False
     finally:
         os.close(pidfd)
-    if namespaces:
-        os.kill(-1, signal.SIGKILL)
-    else:
-        _kill_group(pid, reap=False)
+    os.kill(-1 if namespaces else pid, signal.SIGKILL)
     return True
 
 
@@ -179,7 +256,7 @@ def _read(fd: int, limit: int) -> tuple[bytes, bool]:
 def _child(job: dict, fds: dict, policy: dict, count_processes: bool) -> None:
     """C: becomes the untrusted program. Never returns."""
     try:
-        os.setpgid(0, 0)
+        _isolate.prctl(_isolate.PR_SET_PDEATHSIG, signal.SIGKILL)
         for target, name in enumerate(("stdin", "stdout", "stderr", "verdict")):
             os.dup2(fds[name], target)
         os.closerange(4, MAX_FD)
@@ -204,12 +281,9 @@ def _child(job: dict, fds: dict, policy: dict, count_processes: bool) -> None:
 
 
 def _emit(result: dict) -> int:
-    data = marshal.dumps(result)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(1, view):]
+    _write_all(1, marshal.dumps(result))
     return 0 if result.get("error") is None else 3
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(serve())

@@ -1,8 +1,9 @@
 """Run untrusted Python programs locally, isolated and bounded: the parent side of the sandbox.
 
-Each run starts a fresh, bare interpreter (``python -I -S -B``, no site-packages, scrubbed environment, its
-own session) on ``_supervisor.py``, which isolates itself before any untrusted code runs (see that file
-and ``docs/rewards.md`` for the threat model). Runs go in parallel on a thread pool, one per core.
+Each worker owns a fork server: a bare interpreter (``python -I -S -B``, no site-packages, scrubbed
+environment, its own session) on ``_supervisor.py``, which forks a fresh process tree per run that
+isolates itself before any untrusted code runs (see that file and ``docs/rewards.md`` for the threat
+model). Runs go in parallel, one worker per core.
 
     >>> sandbox = Sandbox()
     >>> [run] = sandbox.run_stdio("print(int(input()) * 2)", ["21"])
@@ -15,12 +16,15 @@ from __future__ import annotations
 import logging
 import marshal
 import os
+import queue
 import secrets
+import selectors
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -109,12 +113,18 @@ class Sandbox:
                  python: str | None = None, python_guards: bool = True):
         if isolation not in ISOLATIONS:
             raise ValueError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
+        if isolation == "process" and not python_guards:
+            raise ValueError("python_guards=False needs isolation='namespaces': without namespaces the guards "
+                             "are what contains the program")
         self.limits = limits or SandboxLimits()
         self.workers = workers or os.cpu_count() or 1
         self.python = python or getattr(sys, "_base_executable", None) or sys.executable
         self.python_guards = python_guards
         self._isolation = isolation
-        self._lock = threading.Lock()
+        self._servers: queue.Queue[_ForkServer] = queue.Queue()
+        for _ in range(self.workers):
+            self._servers.put(_ForkServer(self.python))
+        self._warned: set[str] = set()
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="aha-sandbox")
 
     # --- public API --------------------------------------------------------------------------------------
@@ -149,7 +159,10 @@ class Sandbox:
         return "namespaces" if self._isolation == "auto" else self._isolation
 
     def close(self) -> None:
+        """Stop the worker threads and fork servers (they also stop on their own when this process ends)."""
         self._pool.shutdown(wait=True)
+        while not self._servers.empty():
+            self._servers.get().stop()
 
     # --- one run -----------------------------------------------------------------------------------------
     def _run_once(self, job: Job, isolation: str) -> list[CaseRun]:
@@ -160,37 +173,83 @@ class Sandbox:
                    "entry_point": job.entry_point, "nonce": nonce, "root": root, "uid": uid, "gid": uid,
                    "limits": self.limits.as_job(), "guards": self.python_guards,
                    "cases": [{"stdin": text} for text in job.inputs]}
+        payload["deadline"] = 5.0 + len(job.inputs) * (self.limits.wall_seconds + 1.0)
+        server = self._servers.get()
         try:
-            result, stderr = self._spawn(payload, len(job.inputs))
+            result, reason = server.request(payload, payload["deadline"] + 5.0)
         finally:
+            self._servers.put(server)
             _remove(root)
         if result is None or result.get("error"):
-            reason = (result or {}).get("error") or stderr.strip()[-2000:] or "no result"
+            reason = (result or {}).get("error") or reason or "no result"
             return [CaseRun("sandbox_error", stderr=reason) for _ in job.inputs]
-        for warning in result.get("warnings", []):
+        for warning in set(result.get("warnings", [])) - self._warned:
+            self._warned.add(warning)
             log.warning("sandbox: %s", warning)
         return [_case_run(case, job.mode, nonce, self.limits) for case in result["cases"]]
 
-    def _spawn(self, payload: dict, cases: int) -> tuple[dict | None, str]:
-        """Start the supervisor, hand it the job, wait (bounded) for its result."""
-        deadline = 10.0 + cases * (self.limits.wall_seconds + 1.0)
+
+class _ForkServer:
+    """One ``_supervisor.py`` process, started on first use and again whenever it died or was killed."""
+
+    def __init__(self, python: str):
+        self.python = python
+        self.proc: subprocess.Popen | None = None
+        self._owner = os.getpid()
+
+    def request(self, payload: dict, seconds: float) -> tuple[dict | None, str]:
+        """Send one job; its result, or None and why (the server is then killed and restarted next time)."""
+        if self._owner != os.getpid():  # inherited through fork: the server's pipes are the parent's
+            self.proc = None
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+        data = marshal.dumps(payload)
+        try:
+            self.proc.stdin.write(len(data).to_bytes(8, "big") + data)
+            self.proc.stdin.flush()
+            frame = self._read_frame(time.monotonic() + seconds)
+        except (BrokenPipeError, OSError) as err:
+            frame, why = None, f"sandbox server failed: {err}"
+        else:
+            why = f"the sandbox did not answer within {seconds:.0f} s"
+        if frame is None:
+            self.stop()
+            return None, why
+        return marshal.loads(frame), ""
+
+    def _start(self) -> None:
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
-        proc = subprocess.Popen([self.python, "-I", "-S", "-B", str(SUPERVISOR)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd="/",
-                                start_new_session=True, close_fds=True)
-        try:
-            out, err = proc.communicate(marshal.dumps(payload), timeout=deadline)
-        except subprocess.TimeoutExpired:
-            _kill_session(proc.pid)
-            proc.communicate()
-            return None, f"the sandbox did not finish within {deadline:.0f} s"
-        except BaseException:
-            _kill_session(proc.pid)  # not yet reaped: the group id cannot have been reused
-            raise
-        try:
-            return (marshal.loads(out) if out else None), err.decode(errors="replace")
-        except (EOFError, ValueError, TypeError):
-            return None, err.decode(errors="replace")
+        self.proc = subprocess.Popen([self.python, "-I", "-S", "-B", str(SUPERVISOR)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd="/",
+                                     start_new_session=True, close_fds=True)
+        self._owner = os.getpid()
+
+    def _read_frame(self, deadline: float) -> bytes | None:
+        header = self._read(8, deadline)
+        return None if header is None else self._read(int.from_bytes(header, "big"), deadline)
+
+    def _read(self, size: int, deadline: float) -> bytes | None:
+        fd, chunks, left = self.proc.stdout.fileno(), [], size
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while left:
+                if not sel.select(max(0.0, deadline - time.monotonic())):
+                    return None
+                chunk = os.read(fd, min(left, 1 << 20))
+                if not chunk:
+                    return None
+                chunks.append(chunk)
+                left -= len(chunk)
+        return b"".join(chunks)
+
+    def stop(self) -> None:
+        """Kill the server and its process group (its jobs die with it: PDEATHSIG)."""
+        if self.proc is None:
+            return
+        if self._owner == os.getpid() and self.proc.poll() is None:
+            _kill_session(self.proc.pid)  # not yet reaped: the group id cannot have been reused
+            self.proc.wait()
+        self.proc = None
 
 
 def _case_run(case: dict, mode: str, nonce: bytes, limits: SandboxLimits) -> CaseRun:

@@ -22,8 +22,10 @@ CONFIGS = {"default": {}, "kernel_only": {"python_guards": False}, "process": {"
 KERNEL_ONLY_SKIP = {"MEMORY_BOMB", "INFINITE_LOOP", "HUGE_OUTPUT"}  # limits, not guards: covered by default
 
 
-def sandbox_processes() -> set[int]:
-    """Pids of every process running the sandbox supervisor (its forks keep its command line)."""
+def sandbox_processes(*sandboxes: Sandbox) -> set[int]:
+    """Pids of every process running the sandbox supervisor (its forks keep its command line), less the
+    long-lived fork servers of ``sandboxes``: what is left are processes of runs."""
+    servers = {server.proc.pid for sandbox in sandboxes for server in list(sandbox._servers.queue) if server.proc}
     pids = set()
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -33,7 +35,7 @@ def sandbox_processes() -> set[int]:
                         pids.add(int(entry))
             except OSError:
                 pass
-    return pids
+    return pids - servers
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ def host(tmp_path):
     server.close()
 
 
-def _assert_contained(runs, host, before: set[int]) -> None:
+def _assert_contained(runs, host, before: set[int], sandbox: Sandbox) -> None:
     assert runs and all(run.status != "sandbox_error" for run in runs), runs
     for run in runs:
         assert host["token"] not in run.stdout + run.stderr
@@ -73,7 +75,7 @@ def _assert_contained(runs, host, before: set[int]) -> None:
     assert not (host["target"].parent.parent / "aha-pwned").exists()
     with pytest.raises(BlockingIOError):
         host["server"].accept()
-    assert sandbox_processes() - before == set()
+    assert sandbox_processes(sandbox) - before == set()
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))
@@ -87,7 +89,7 @@ def test_attack_is_contained(sandboxes, host, config, attack):
     before = sandbox_processes()
     program = getattr(attacks, attack).format(**host["fields"])
     runs = sandbox.run_stdio(program, [""])
-    _assert_contained(runs, host, before)
+    _assert_contained(runs, host, before, sandbox)
     # judged as a stdin/stdout case expecting some other output, it scores nothing
     assert not (runs[0].status == "ok" and runs[0].stdout.strip() == "expected")
     if attack in ("INFINITE_LOOP", "FORK_BOMB"):
@@ -107,7 +109,7 @@ def test_tests_cannot_be_faked(sandboxes, config, attack):
     run = sandboxes[config].run_tests(getattr(attacks, attack).format(), attacks.TESTS, "solve")
     assert run.status != "sandbox_error", run
     assert not run.verified, run
-    assert sandbox_processes() - before == set()
+    assert sandbox_processes(sandboxes[config]) - before == set()
     if attack == "PATCH_HARNESS":
         for name in ("frame", "gc", "ctypes", "tb_frame", "settrace", "marshal", "signal", "_signal", "harness",
                      "main"):
