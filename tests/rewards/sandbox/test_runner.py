@@ -6,9 +6,11 @@ layer alone (guards off), and the fallback without namespaces (process isolation
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -170,3 +172,46 @@ def test_runs_in_parallel(sandboxes):
     elapsed = time.perf_counter() - start
     assert [runs[0].stdout for runs in results] == ["done\n"] * 4
     assert elapsed < 1.9  # two workers: two rounds of 0.5 s, not four
+
+
+UNPRIVILEGED = """
+import importlib.util, json, os, sys
+spec = importlib.util.spec_from_file_location("runner", sys.argv[1])
+runner = importlib.util.module_from_spec(spec)
+sys.modules["runner"] = runner
+spec.loader.exec_module(runner)
+sandbox = runner.Sandbox(runner.SandboxLimits(wall_seconds=1.5, cpu_seconds=1), workers=1, python=sys.executable,
+                         isolation="namespaces", python_guards=sys.argv[2] == "guards")
+runs = [sandbox.run_stdio(code, [""])[0] for code in (
+    "import os\\nprint(os.getuid(), sorted(os.listdir('/tmp')))",
+    "import os\\nwhile True:\\n    try: os.fork()\\n    except Exception: pass",
+    "import os\\nos.kill(%d, 9)" % os.getpid(),
+    "open(%r, 'w').write('x')" % sys.argv[3])]
+verified = sandbox.run_tests("def f(x):\\n    return x + 1", "assert f(1) == 2").verified
+sandbox.close()
+print(json.dumps({"statuses": [r.status for r in runs], "first": runs[0].stdout.strip(), "verified": verified}))
+"""
+
+
+@pytest.mark.parametrize("guards", ["guards", "kernel_only"])
+def test_unprivileged_user_gets_the_same_isolation(tmp_path, guards):
+    """A normal user (uid 1000 here, through user namespaces): same containment, same verdicts."""
+    import shutil
+    import subprocess
+
+    runner_path = Path(__file__).resolve().parents[3] / "aha" / "rewards" / "sandbox" / "runner.py"
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if os.geteuid() != 0 or not shutil.which("setpriv") or python is None:
+        pytest.skip("needs root, setpriv and a system python3 to become an unprivileged user")
+    probe = subprocess.run(["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", python, "-c",
+                            f"open({str(runner_path)!r}).read()"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("the checkout is not readable by an unprivileged user")
+    target = tmp_path / "pwned"
+    tmp_path.chmod(0o777)
+    done = subprocess.run(["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", python, "-c", UNPRIVILEGED,
+                           str(runner_path), guards, str(target)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report == {"statuses": ["ok", "timeout", "error", "error"], "first": "1000 []", "verified": True}
+    assert not target.exists()
