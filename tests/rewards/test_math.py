@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 
 from aha.rewards import get_reward
 from aha.rewards.math import extract_answer, normalise_gold
-from aha.rewards.verifier import MathVerifier, plain_number
+from aha.rewards.verifier import plain_number
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -106,11 +104,6 @@ def test_extract_answer(text, fallback, expected):
     assert extract_answer(text, fallback_last_number=fallback) == expected
 
 
-def test_plain_numbers_are_decided_without_math_verify():
-    assert plain_number("1,000") == 1000 and plain_number("-0.50") == -0.5 and plain_number("1,00") is None
-    assert plain_number("\\frac12") is None and plain_number("3x") is None
-
-
 def test_accuracy_edge_cases():
     reward = get_reward("accuracy", fallback_last_number=True)
     completions = ["<answer></answer>", "<answer>" + "1" * 500 + "</answer>", "no answer at all", "it is 42",
@@ -139,34 +132,6 @@ def test_real_gold_answers_match_themselves(name, key):
     numeric = [g for g in golds if plain_number(g) is not None]
     wrong = reward([f"<answer>{plain_number(g) + 1}</answer>" for g in numeric], answer=numeric)
     assert wrong == [0.0] * len(numeric)
-
-
-def test_pathological_answer_is_bounded_from_a_thread():
-    """math-verify's signal time-outs cannot work in a thread; the worker's deadline does."""
-    verifier = MathVerifier(timeout=1.0)
-    results, reasons = [], {}
-    thread = threading.Thread(target=lambda: results.append(
-        verifier.equal_many([("9^{9^{9^{9^{9}}}}", "5"), ("3", "3"), ("\\frac{1}{2}", "0.5")], reasons)))
-    start = time.perf_counter()
-    thread.start()
-    thread.join(30)
-    elapsed = time.perf_counter() - start
-    verifier.close()
-    assert results and results[0][1:] == [True, True]
-    assert results[0][0] in (False, None)  # given up on: math-verify's own time-out, or our hard deadline
-    assert elapsed < 10
-
-
-def test_hung_worker_is_killed_and_replaced(monkeypatch):
-    verifier = MathVerifier(timeout=0.5)
-    worker = verifier._workers[0]
-    worker.start()
-    worker.proc.stdin.write("not json\n")  # the worker dies on this line: its reply never comes
-    worker.proc.stdin.flush()
-    reasons = {}
-    assert verifier.equal_many([("\\frac{2}{4}", "0.5")], reasons) in ([None], [True])
-    assert verifier.equal_many([("\\frac{2}{4}", "0.5"), ("\\sqrt{4}", "2")]) == [True, True]
-    verifier.close()
 
 
 def _score_in_worker(pairs):
