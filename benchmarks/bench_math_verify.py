@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 
 from aha.rewards import get_reward, normalise_gold
+from aha.rewards._math_worker import math_equal
+from aha.rewards.math import extract_answer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -30,6 +32,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=500)
     args = parser.parse_args()
+    for name in ("math500", "gsm8k"):  # baseline: math-verify called directly, in this process's main thread
+        completions, answers = pairs(name, "answer", args.rows)
+        start = time.perf_counter()
+        equal = [math_equal(extract_answer(c), a) for c, a in zip(completions, answers)]
+        elapsed = time.perf_counter() - start
+        print(f"{name:8s} in-process {len(equal)} pairs in {elapsed:6.2f} s = {len(equal) / elapsed:7.1f} pairs/s")
     for workers in (1, 2):
         reward = get_reward("accuracy", workers=workers)
         reward(["<answer>1</answer>"], answer=["1"])  # start the workers

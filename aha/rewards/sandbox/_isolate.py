@@ -104,20 +104,22 @@ def _mirror(root: str, path: str) -> None:
     _bind_readonly(path, target)
 
 
-def visible_paths(python_prefix: str) -> list[str]:
-    """Host paths the sandbox sees, read-only: the Python installation and the system libraries."""
+def visible_paths(python_prefix: str, harness_dir: str) -> list[str]:
+    """Host paths the sandbox sees, read-only: the Python installation, the system libraries and the
+    folder of the harness that each sandboxed interpreter starts with."""
     paths = ["/usr", "/bin", "/lib", "/lib64", "/lib32", "/libx32", "/etc/ld.so.cache", "/etc/localtime"]
-    prefix = os.path.realpath(python_prefix)
-    if not any(prefix == p or prefix.startswith(p + "/") for p in paths):
-        paths.append(prefix)
+    for extra in (os.path.realpath(python_prefix), os.path.realpath(harness_dir)):
+        if not any(extra == p or extra.startswith(p + "/") for p in paths):
+            paths.append(extra)
     return [p for p in paths if os.path.lexists(p)]
 
 
-def build_root(root: str, python_prefix: str, stdlib: str, tmpfs_bytes: int, owner: tuple[int, int]) -> None:
+def build_root(root: str, python_prefix: str, stdlib: str, harness_dir: str, tmpfs_bytes: int,
+               owner: tuple[int, int]) -> None:
     """Turn the empty host directory ``root`` into the process's whole file system (see module doc)."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=8m,mode=0755")
-    for path in visible_paths(python_prefix):
+    for path in visible_paths(python_prefix, harness_dir):
         _mirror(root, path)
     _hide_modules(root, os.path.join(stdlib, "lib-dynload"))
     os.makedirs(root + "/dev")

@@ -9,7 +9,8 @@ Process tree of one job, with namespaces (the default where the kernel allows th
                           └─ P: PID 1 of the new PID namespace: builds the root file system, drops every
                              privilege, then for each test case forks C, waits for it with a wall-clock
                              deadline, kills whatever is left in the namespace, and reads C's output
-                               └─ C: limits, file descriptors, audit hook, then the untrusted program
+                               └─ C: limits, file descriptors, then exec: a fresh interpreter that
+                                  installs the audit hook and runs the untrusted program (_harness.py)
 
 P is trusted and never runs untrusted code; as the namespace's init it cannot be killed from inside,
 and it is not dumpable, so C cannot read its memory. Each process dies with its parent (PDEATHSIG).
@@ -26,21 +27,17 @@ import stat
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 
-import _harness  # noqa: E402
 import _isolate  # noqa: E402
 
 MAX_FD = 1024
-PRELOAD = ("bisect", "collections", "functools", "heapq", "itertools", "math", "operator", "re", "string")
-"""Modules programs commonly import, imported once by the fork server so that each run inherits them.
-(Not ``random``: every run would inherit the same seed.)"""
+EXIT_SETUP_FAILED = 70
 
 
 def serve() -> int:
     """Z: answer jobs until stdin closes."""
-    for name in PRELOAD:
-        __import__(name)
     while True:
         job = _read_frame(0)
         if job is None:
@@ -145,7 +142,7 @@ def supervise(job: dict, namespaces: bool) -> int:
     if namespaces:
         _isolate.prctl(_isolate.PR_SET_PDEATHSIG, signal.SIGKILL)
         owner = (uid, gid) if uid is not None else (os.getuid(), os.getgid())
-        _isolate.build_root(job["root"], sys.base_prefix, stdlib, limits["tmpfs_bytes"], owner)
+        _isolate.build_root(job["root"], sys.base_prefix, stdlib, HERE, limits["tmpfs_bytes"], owner)
         workdir = "/tmp"
     else:
         workdir = job["root"]
@@ -254,30 +251,26 @@ def _read(fd: int, limit: int) -> tuple[bytes, bool]:
 
 
 def _child(job: dict, fds: dict, policy: dict, count_processes: bool) -> None:
-    """C: becomes the untrusted program. Never returns."""
+    """C: sets up its descriptors, directory and limits, then executes a fresh interpreter on the harness
+    (``_harness.main``). The fresh image matters: this one has ctypes loaded (for the namespaces), whose
+    classes can read any address; the harness's image never loads it. Never returns."""
     try:
         _isolate.prctl(_isolate.PR_SET_PDEATHSIG, signal.SIGKILL)
-        for target, name in enumerate(("stdin", "stdout", "stderr", "verdict")):
+        request = {key: job.get(key) for key in ("mode", "program", "tests", "entry_point", "nonce", "guards")}
+        request["policy"] = policy
+        fds["request"] = _memfd("request", marshal.dumps(request))
+        for target, name in enumerate(("stdin", "stdout", "stderr", "request", "verdict")):
             os.dup2(fds[name], target)
-        os.closerange(4, MAX_FD)
-        sys.stdin = open(0, "r", closefd=False)
-        sys.stdout = open(1, "w", closefd=False)
-        sys.stderr = open(2, "w", closefd=False)
-        os.environ.clear()
-        os.environ.update({"PATH": "/usr/bin:/bin", "HOME": policy["workdir"], "TMPDIR": policy["workdir"],
-                           "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"})
+        os.closerange(5, MAX_FD)
         os.chdir(policy["workdir"])
         _isolate.set_limits(job["limits"], count_processes)
-        sys.dont_write_bytecode = True
-        if job.get("guards", True):
-            _harness.install_guards(policy)
+        env = {"PATH": "/usr/bin:/bin", "HOME": policy["workdir"], "TMPDIR": policy["workdir"],
+               "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
+        boot = f"import sys; sys.path.insert(0, {HERE!r}); import _harness; _harness.main()"
+        os.execve(sys.executable, [sys.executable, "-I", "-S", "-B", "-c", boot], env)
     except BaseException as err:
         os.write(2, f"sandbox child setup failed: {err}\n".encode())
-        os._exit(_harness.EXIT_PROGRAM_ERROR)
-    if job["mode"] == "stdio":
-        os._exit(_harness.run_script(job["program"]))
-    _harness.run_with_tests(job["program"], job["tests"], job.get("entry_point"), job["nonce"], 3)
-    os._exit(_harness.EXIT_PROGRAM_ERROR)
+    os._exit(EXIT_SETUP_FAILED)
 
 
 def _emit(result: dict) -> int:

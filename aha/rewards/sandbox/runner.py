@@ -30,9 +30,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+
 log = logging.getLogger(__name__)
 
 SUPERVISOR = Path(__file__).with_name("_supervisor.py")
+HARNESS = Path(__file__).with_name("_harness.py")
 ISOLATIONS = ("auto", "namespaces", "process")
 UID_RANGE = (1_800_000_000, 1_900_000_000)
 """Dedicated uids for runs started as root: unused by anything else, so RLIMIT_NPROC counts only the run."""
@@ -126,6 +128,7 @@ class Sandbox:
             self._servers.put(_ForkServer(self.python))
         self._warned: set[str] = set()
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="aha-sandbox")
+        _cache_bytecode(HARNESS)
 
     # --- public API --------------------------------------------------------------------------------------
     def run_stdio(self, program: str, inputs: Iterable[str]) -> list[CaseRun]:
@@ -272,6 +275,20 @@ def _case_run(case: dict, mode: str, nonce: bytes, limits: SandboxLimits) -> Cas
 def _setup_failed(runs: list[CaseRun]) -> bool:
     return bool(runs) and runs[0].status == "sandbox_error" and (
         "namespaces unavailable" in runs[0].stderr or "sandbox setup failed" in runs[0].stderr)
+
+
+def _cache_bytecode(source: Path) -> None:
+    """Compile the harness once, so that each sandboxed interpreter loads it instead of compiling it
+    (best effort: a read-only installation simply compiles each time)."""
+    import importlib.util
+    import py_compile
+
+    cached = importlib.util.cache_from_source(str(source))
+    try:
+        if not os.path.exists(cached) or os.path.getmtime(cached) < os.path.getmtime(source):
+            py_compile.compile(str(source), cfile=cached, doraise=True)
+    except (OSError, py_compile.PyCompileError):
+        pass
 
 
 def _kill_session(pid: int) -> None:
