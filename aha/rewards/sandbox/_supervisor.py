@@ -1,24 +1,27 @@
-"""The sandbox's supervisor: ``python -I -S -B _supervisor.py`` is a small fork server (Z) that reads jobs
-on stdin and writes results on stdout, each frame an 8-byte length then marshal data. Standard library
-only. Z has everything imported once, so a run costs forks, not an interpreter start.
+"""The sandbox's fork server Z: ``python -I -S -B _supervisor.py`` reads jobs on stdin and writes results
+on stdout, each frame an 8-byte length then marshal data. Standard library only.
 
-Process tree of one job, with namespaces (the default where the kernel allows them)::
+Z keeps one sandbox alive and hands it one job at a time; it builds a new one when the settings change,
+after a job runs past its deadline, or when the sandbox died. Process tree, with namespaces::
 
-    aha (parent) ── Z: fork server, one per worker; forks R per job and enforces the job's deadline
-                     └─ R: own session; unshares the namespaces, forks P and waits
-                          └─ P: PID 1 of the new PID namespace: builds the root file system, drops every
-                             privilege, then for each test case forks C, waits for it with a wall-clock
-                             deadline, kills whatever is left in the namespace, and reads C's output
-                               └─ C: limits, file descriptors, then exec: a fresh interpreter that
-                                  installs the audit hook and runs the untrusted program (_harness.py)
+    aha (parent) ── Z: this file, one per worker; relays jobs and enforces each job's deadline
+                     └─ R: own session; unshares the user (when not root), mount, PID, network, IPC and
+                        UTS namespaces, forks P and waits
+                          └─ P: PID 1 of the new PID namespace: builds the private root file system,
+                             drops every privilege, then executes a fresh interpreter on ``_cases.py``: H
+                               └─ C, one per test case, forked by H: limits, guards, the program
 
-P is trusted and never runs untrusted code; as the namespace's init it cannot be killed from inside,
-and it is not dumpable, so C cannot read its memory. Each process dies with its parent (PDEATHSIG).
-Without namespaces ("process" isolation), R is P, and the audit hook also forbids creating processes.
+Everything that runs untrusted code descends from H, a freshly executed image that never loads ctypes
+(whose classes read any address; Z, R and P need it for the system calls). H is the namespace's init: it
+cannot be killed from inside, and when it dies every process of the sandbox dies with it. Each process
+also dies with its parent (PDEATHSIG). Without namespaces ("process" isolation) R drops its privileges and
+becomes H itself, and the audit hook also forbids creating processes.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import marshal
 import os
 import select
@@ -32,117 +35,133 @@ sys.path.insert(0, HERE)
 
 import _isolate  # noqa: E402
 
-MAX_FD = 1024
-EXIT_SETUP_FAILED = 70
+JOB_FD, RESULT_FD = 3, 4
+STARTUP_SECONDS = 30.0
 
 
 def serve() -> int:
     """Z: answer jobs until stdin closes."""
+    sandbox: dict = {}
     while True:
         job = _read_frame(0)
         if job is None:
+            _teardown(sandbox)
             return 0
-        result = _run_forked(job)
-        _write_all(1, len(result).to_bytes(8, "big") + result)
+        _write_frame(1, _handle(job, sandbox))
 
 
-def _read_frame(fd: int) -> dict | None:
-    header = _read_exactly(fd, 8)
-    if header is None:
-        return None
-    return marshal.loads(_read_exactly(fd, int.from_bytes(header, "big")) or b"")
+def _handle(job: dict, sandbox: dict) -> dict:
+    """Run ``job`` in the current sandbox (building one first if needed); an error result on failure."""
+    key = (job["isolation"], job["root"], job["uid"], job["limits"]["tmpfs_bytes"])
+    if sandbox.get("key") != key or not _alive(sandbox):
+        _teardown(sandbox)
+        error = _build(job, sandbox)
+        if error is not None:
+            _teardown(sandbox)
+            return {"error": error}
+        sandbox["key"] = key
+    request = {k: job[k] for k in ("mode", "program", "tests", "entry_point", "nonce", "guards", "limits", "cases")}
+    try:
+        _write_frame(sandbox["job_fd"], request)
+    except OSError:
+        result = None
+    else:
+        result = _read_frame(sandbox["result_fd"], time.monotonic() + job["deadline"])
+    if result is None:
+        _teardown(sandbox)
+        return {"error": f"the sandbox did not finish within {job['deadline']:.0f} s"}
+    return result
 
 
-def _read_exactly(fd: int, size: int) -> bytes | None:
-    chunks, left = [], size
-    while left:
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
+def _alive(sandbox: dict) -> bool:
+    if not sandbox or sandbox.get("reaped"):
+        return False
+    if os.waitpid(sandbox["pid"], os.WNOHANG) == (0, 0):
+        return True
+    sandbox["reaped"] = True
+    return False
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _run_forked(job: dict) -> bytes:
-    """Fork R for the job; its result (marshal bytes), or an error result past the job's deadline."""
-    read_end, write_end = os.pipe()
+def _build(job: dict, sandbox: dict) -> str | None:
+    """Fork R with a pipe each way; wait for H's first frame. None when ready, else why not."""
+    job_read, job_write = os.pipe()
+    result_read, result_write = os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.close(read_end)
         code = 3
         try:
-            os.setsid()
-            _isolate.prctl(_isolate.PR_SET_PDEATHSIG, signal.SIGKILL)
-            devnull = os.open("/dev/null", os.O_RDWR)
-            os.dup2(devnull, 0)
-            os.dup2(write_end, 1)
-            code = run_job(job)
+            os.close(job_write)
+            os.close(result_read)
+            code = _sandbox_process(job, job_read, result_write)
         finally:
             os._exit(code)
-    os.close(write_end)
-    data = _collect(read_end, job["deadline"])
-    if data is None:
-        _kill_group(pid, reap=False)
-    os.close(read_end)
-    os.waitpid(pid, 0)
-    return data or marshal.dumps({"error": f"the sandbox did not finish within {job['deadline']:.0f} s"})
+    os.close(job_read)
+    os.close(result_write)
+    sandbox.update(pid=pid, job_fd=job_write, result_fd=result_read)
+    first = _read_frame(result_read, time.monotonic() + STARTUP_SECONDS)
+    if first is None:
+        return "the sandbox did not start"
+    return None if first.get("ready") else first.get("error", "the sandbox did not start")
 
 
-def _collect(fd: int, seconds: float) -> bytes | None:
-    """Everything written to ``fd`` until it closes; None if that takes longer than ``seconds``."""
-    deadline = time.monotonic() + seconds
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    chunks = []
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0 or not poller.poll(int(left * 1000) + 1):
-            return None
-        chunk = os.read(fd, 1 << 20)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
+def _teardown(sandbox: dict) -> None:
+    """Kill the sandbox's whole session (R's; with namespaces, H's death takes every case with it)."""
+    if not sandbox:
+        return
+    if not sandbox.get("reaped"):
+        try:
+            os.killpg(sandbox["pid"], signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        os.waitpid(sandbox["pid"], 0)
+    os.close(sandbox["job_fd"])
+    os.close(sandbox["result_fd"])
+    sandbox.clear()
 
 
-def run_job(job: dict) -> int:
-    """R: run one job and write its result to fd 1."""
+def _sandbox_process(job: dict, job_fd: int, result_fd: int) -> int:
+    """R: a new session, the pipes moved to fds 3 and 4, then namespaces (or not) and H."""
+    os.setsid()
+    _isolate.prctl(_isolate.PR_SET_PDEATHSIG, signal.SIGKILL)
+    devnull = os.open("/dev/null", os.O_RDWR)
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (devnull, job_fd, result_fd)]  # above 0-4
+    for target, fd in ((0, moved[0]), (1, moved[0]), (2, moved[0]), (JOB_FD, moved[1]), (RESULT_FD, moved[2])):
+        os.dup2(fd, target)  # the copies at 0-4 are inherited by H, the originals are not
+    os.closerange(RESULT_FD + 1, 1024)
     if job["isolation"] != "namespaces":
-        return supervise(job, namespaces=False)
+        return _start_runner(job, namespaces=False)
     try:
         _isolate.enter_namespaces()
     except OSError as err:
-        return _emit({"error": f"namespaces unavailable: {err}"})
+        return _fail(f"namespaces unavailable: {err}")
     pid = os.fork()
     if pid == 0:
-        os._exit(_guarded_supervise(job))
+        os._exit(_start_runner(job, namespaces=True))
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
-def _guarded_supervise(job: dict) -> int:
+def _start_runner(job: dict, namespaces: bool) -> int:
+    """P (or R without namespaces): build the file system view, drop privileges, execute H."""
     try:
-        return supervise(job, namespaces=True)
-    except BaseException as err:  # report the setup failure to the parent instead of dying silently
-        return _emit({"error": f"sandbox setup failed: {type(err).__name__}: {err}"})
+        settings = _prepare(job, namespaces)
+        boot = f"import sys; sys.path.insert(0, {HERE!r}); import _cases; _cases.main()"
+        env = {"PATH": "/usr/bin:/bin", "HOME": settings["workdir"], "TMPDIR": settings["workdir"],
+               "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
+        os.execve(sys.executable, [sys.executable, "-I", "-S", "-B", "-c", boot, json.dumps(settings)], env)
+    except BaseException as err:  # report the setup failure to Z instead of dying silently
+        return _fail(f"sandbox setup failed: {type(err).__name__}: {err}")
+    return 3
 
 
-def supervise(job: dict, namespaces: bool) -> int:
-    """Set up the sandbox (see module docstring), run every case, write the result."""
-    limits, uid, gid = job["limits"], job.get("uid"), job.get("gid")
+def _prepare(job: dict, namespaces: bool) -> dict:
+    """Everything privileged, done before H starts; returns H's settings."""
+    uid = gid = job["uid"] if os.geteuid() == 0 else None
     stdlib = os.path.dirname(os.__file__)
     warnings = []
-    if os.geteuid() != 0:
-        uid = gid = None
+    _isolate.prctl(_isolate.PR_SET_PDEATHSIG, signal.SIGKILL)
     if namespaces:
-        _isolate.prctl(_isolate.PR_SET_PDEATHSIG, signal.SIGKILL)
         owner = (uid, gid) if uid is not None else (os.getuid(), os.getgid())
-        _isolate.build_root(job["root"], sys.base_prefix, stdlib, HERE, limits["tmpfs_bytes"], owner)
+        _isolate.build_root(job["root"], sys.base_prefix, stdlib, HERE, job["limits"]["tmpfs_bytes"], owner)
         workdir = "/tmp"
     else:
         workdir = job["root"]
@@ -151,21 +170,18 @@ def supervise(job: dict, namespaces: bool) -> int:
             uid = gid = None
         if uid is not None:
             os.chown(workdir, uid, gid)
-        os.chdir(workdir)
+    os.chdir(workdir)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     _isolate.drop_privileges(uid, gid)
-    policy = {"workdir": workdir, "read_roots": (os.path.realpath(stdlib),), "allow_fork": namespaces}
-    count_processes = namespaces or uid is not None
-    cases = [_run_case(job, case, policy, namespaces, count_processes) for case in job["cases"]]
-    return _emit({"error": None, "cases": cases, "warnings": warnings})
+    return {"workdir": workdir, "namespaces": namespaces, "count_processes": namespaces or uid is not None,
+            "read_roots": [os.path.realpath(stdlib)], "warnings": warnings}
 
 
 def _others_can_read(path: str) -> bool:
-    """True when a user other than the owner can reach and read ``path`` (every parent searchable)."""
+    """True when a user other than the owner can reach ``path`` (every folder on the way searchable)."""
     path = os.path.realpath(path)
     while True:
-        mode = os.stat(path).st_mode
-        if not mode & stat.S_IXOTH:
+        if not os.stat(path).st_mode & stat.S_IXOTH:
             return False
         parent = os.path.dirname(path)
         if parent == path:
@@ -173,109 +189,42 @@ def _others_can_read(path: str) -> bool:
         path = parent
 
 
-def _memfd(name: str, data: bytes = b"") -> int:
-    fd = os.memfd_create(name)
-    if data:
-        os.write(fd, data)
-        os.lseek(fd, 0, os.SEEK_SET)
-    return fd
+def _fail(reason: str) -> int:
+    _write_frame(RESULT_FD, {"error": reason})
+    return 3
 
 
-def _run_case(job: dict, case: dict, policy: dict, namespaces: bool, count_processes: bool) -> dict:
-    """Fork C for one case, wait for it under the wall-clock deadline, clean up, collect its output."""
-    limits = job["limits"]
-    fds = {"stdin": _memfd("stdin", case.get("stdin", "").encode()), "stdout": _memfd("stdout"),
-           "stderr": _memfd("stderr"), "verdict": _memfd("verdict")}
-    start = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        _child(job, fds, policy, count_processes)
-    os.close(fds["stdin"])
-    timed_out = _wait_for(pid, limits["wall_seconds"], namespaces)
-    _, status, usage = os.wait4(pid, 0)
-    wall = time.monotonic() - start
-    if namespaces:
-        _isolate.kill_all_others()
-    _empty(policy["workdir"])
-    out, truncated = _read(fds["stdout"], limits["output_bytes"])
-    err, _ = _read(fds["stderr"], limits["output_bytes"])
-    verdict, _ = _read(fds["verdict"], 256)
-    return {"exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-            "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
-            "timed_out": timed_out, "stdout": out, "stderr": err, "verdict": verdict,
-            "output_truncated": truncated, "wall_seconds": wall,
-            "cpu_seconds": usage.ru_utime + usage.ru_stime, "max_rss_kb": usage.ru_maxrss}
+def _read_frame(fd: int, deadline: float | None = None) -> dict | None:
+    header = _read_exactly(fd, 8, deadline)
+    if header is None:
+        return None
+    body = _read_exactly(fd, int.from_bytes(header, "big"), deadline)
+    return None if body is None else marshal.loads(body)
 
 
-def _wait_for(pid: int, seconds: float, namespaces: bool) -> bool:
-    """Wait until C exits or ``seconds`` pass; on time-out kill it (with namespaces: everything in the
-    namespace). True when it timed out."""
-    pidfd = os.pidfd_open(pid)
-    try:
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        if poller.poll(max(1, int(seconds * 1000))):
-            return False
-    finally:
-        os.close(pidfd)
-    os.kill(-1 if namespaces else pid, signal.SIGKILL)
-    return True
+def _read_exactly(fd: int, size: int, deadline: float | None) -> bytes | None:
+    """``size`` bytes from ``fd``; None at end of file or past ``deadline`` (a monotonic time)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    chunks, left = [], size
+    while left:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not poller.poll(int(remaining * 1000) + 1):
+                return None
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
-def _kill_group(pgid: int, reap: bool = True) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    if reap:
-        _isolate.reap()
-
-
-def _empty(directory: str) -> None:
-    """Delete everything a case left in the working directory, so that the next case starts fresh."""
-    for entry in os.scandir(directory):
-        if entry.is_dir(follow_symlinks=False):
-            os.chmod(entry.path, 0o700)
-            _empty(entry.path)
-            os.rmdir(entry.path)
-        else:
-            os.unlink(entry.path)
-
-
-def _read(fd: int, limit: int) -> tuple[bytes, bool]:
-    """At most ``limit`` bytes of a memfd, and whether it reached the limit."""
-    size = os.fstat(fd).st_size
-    data = os.pread(fd, min(size, limit), 0) if size else b""
-    os.close(fd)
-    return data, size >= limit
-
-
-def _child(job: dict, fds: dict, policy: dict, count_processes: bool) -> None:
-    """C: sets up its descriptors, directory and limits, then executes a fresh interpreter on the harness
-    (``_harness.main``). The fresh image matters: this one has ctypes loaded (for the namespaces), whose
-    classes can read any address; the harness's image never loads it. Never returns."""
-    try:
-        _isolate.prctl(_isolate.PR_SET_PDEATHSIG, signal.SIGKILL)
-        request = {key: job.get(key) for key in ("mode", "program", "tests", "entry_point", "nonce", "guards")}
-        request["policy"] = policy
-        fds["request"] = _memfd("request", marshal.dumps(request))
-        for target, name in enumerate(("stdin", "stdout", "stderr", "request", "verdict")):
-            os.dup2(fds[name], target)
-        os.closerange(5, MAX_FD)
-        os.chdir(policy["workdir"])
-        _isolate.set_limits(job["limits"], count_processes)
-        env = {"PATH": "/usr/bin:/bin", "HOME": policy["workdir"], "TMPDIR": policy["workdir"],
-               "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
-        boot = f"import sys; sys.path.insert(0, {HERE!r}); import _harness; _harness.main()"
-        os.execve(sys.executable, [sys.executable, "-I", "-S", "-B", "-c", boot], env)
-    except BaseException as err:
-        os.write(2, f"sandbox child setup failed: {err}\n".encode())
-    os._exit(EXIT_SETUP_FAILED)
-
-
-def _emit(result: dict) -> int:
-    _write_all(1, marshal.dumps(result))
-    return 0 if result.get("error") is None else 3
+def _write_frame(fd: int, message: dict) -> None:
+    data = marshal.dumps(message)
+    view = memoryview(len(data).to_bytes(8, "big") + data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 if __name__ == "__main__":

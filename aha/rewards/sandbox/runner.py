@@ -34,7 +34,6 @@ from typing import Iterable
 log = logging.getLogger(__name__)
 
 SUPERVISOR = Path(__file__).with_name("_supervisor.py")
-HARNESS = Path(__file__).with_name("_harness.py")
 ISOLATIONS = ("auto", "namespaces", "process")
 UID_RANGE = (1_800_000_000, 1_900_000_000)
 """Dedicated uids for runs started as root: unused by anything else, so RLIMIT_NPROC counts only the run."""
@@ -128,7 +127,6 @@ class Sandbox:
             self._servers.put(_ForkServer(self.python))
         self._warned: set[str] = set()
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="aha-sandbox")
-        _cache_bytecode(HARNESS)
 
     # --- public API --------------------------------------------------------------------------------------
     def run_stdio(self, program: str, inputs: Iterable[str]) -> list[CaseRun]:
@@ -170,19 +168,15 @@ class Sandbox:
     # --- one run -----------------------------------------------------------------------------------------
     def _run_once(self, job: Job, isolation: str) -> list[CaseRun]:
         nonce = secrets.token_hex(16).encode()
-        uid = secrets.SystemRandom().randrange(*UID_RANGE)
-        root = tempfile.mkdtemp(prefix="aha-sandbox-")
         payload = {"isolation": isolation, "mode": job.mode, "program": job.program, "tests": job.tests,
-                   "entry_point": job.entry_point, "nonce": nonce, "root": root, "uid": uid, "gid": uid,
-                   "limits": self.limits.as_job(), "guards": self.python_guards,
-                   "cases": [{"stdin": text} for text in job.inputs]}
-        payload["deadline"] = 5.0 + len(job.inputs) * (self.limits.wall_seconds + 1.0)
+                   "entry_point": job.entry_point, "nonce": nonce, "limits": self.limits.as_job(),
+                   "guards": self.python_guards, "cases": [{"stdin": text} for text in job.inputs],
+                   "deadline": 5.0 + len(job.inputs) * (self.limits.wall_seconds + 1.0)}
         server = self._servers.get()
         try:
             result, reason = server.request(payload, payload["deadline"] + 5.0)
         finally:
             self._servers.put(server)
-            _remove(root)
         if result is None or result.get("error"):
             reason = (result or {}).get("error") or reason or "no result"
             return [CaseRun("sandbox_error", stderr=reason) for _ in job.inputs]
@@ -199,6 +193,10 @@ class _ForkServer:
         self.python = python
         self.proc: subprocess.Popen | None = None
         self._owner = os.getpid()
+        self.root: str | None = None
+        """An empty host folder: the sandbox's root mount point (with namespaces, it stays empty on the host)
+        or its working directory (without)."""
+        self.uid = secrets.SystemRandom().randrange(*UID_RANGE)
 
     def request(self, payload: dict, seconds: float) -> tuple[dict | None, str]:
         """Send one job; its result, or None and why (the server is then killed and restarted next time)."""
@@ -206,7 +204,7 @@ class _ForkServer:
             self.proc = None
         if self.proc is None or self.proc.poll() is not None:
             self._start()
-        data = marshal.dumps(payload)
+        data = marshal.dumps(dict(payload, root=self.root, uid=self.uid))
         try:
             self.proc.stdin.write(len(data).to_bytes(8, "big") + data)
             self.proc.stdin.flush()
@@ -221,6 +219,7 @@ class _ForkServer:
         return marshal.loads(frame), ""
 
     def _start(self) -> None:
+        self.root = tempfile.mkdtemp(prefix="aha-sandbox-")
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
         self.proc = subprocess.Popen([self.python, "-I", "-S", "-B", str(SUPERVISOR)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd="/",
@@ -249,10 +248,13 @@ class _ForkServer:
         """Kill the server and its process group (its jobs die with it: PDEATHSIG)."""
         if self.proc is None:
             return
-        if self._owner == os.getpid() and self.proc.poll() is None:
-            _kill_session(self.proc.pid)  # not yet reaped: the group id cannot have been reused
-            self.proc.wait()
-        self.proc = None
+        if self._owner == os.getpid():
+            if self.proc.poll() is None:
+                _kill_session(self.proc.pid)  # not yet reaped: the group id cannot have been reused
+                self.proc.wait()
+            if self.root:
+                _remove(self.root)
+        self.proc, self.root = None, None
 
 
 def _case_run(case: dict, mode: str, nonce: bytes, limits: SandboxLimits) -> CaseRun:
@@ -275,20 +277,6 @@ def _case_run(case: dict, mode: str, nonce: bytes, limits: SandboxLimits) -> Cas
 def _setup_failed(runs: list[CaseRun]) -> bool:
     return bool(runs) and runs[0].status == "sandbox_error" and (
         "namespaces unavailable" in runs[0].stderr or "sandbox setup failed" in runs[0].stderr)
-
-
-def _cache_bytecode(source: Path) -> None:
-    """Compile the harness once, so that each sandboxed interpreter loads it instead of compiling it
-    (best effort: a read-only installation simply compiles each time)."""
-    import importlib.util
-    import py_compile
-
-    cached = importlib.util.cache_from_source(str(source))
-    try:
-        if not os.path.exists(cached) or os.path.getmtime(cached) < os.path.getmtime(source):
-            py_compile.compile(str(source), cfile=cached, doraise=True)
-    except (OSError, py_compile.PyCompileError):
-        pass
 
 
 def _kill_session(pid: int) -> None:

@@ -182,3 +182,30 @@ def check(candidate):
     assert candidate(3) == 6
     assert all([candidate(0) == 0])
 """
+
+NATIVE_CODE = """
+import os, sys
+found = []
+todo, seen = list(object.__subclasses__()), set()
+while todo:
+    cls = todo.pop()
+    if cls in seen:
+        continue
+    seen.add(cls)
+    if cls.__name__ in ("c_char_p", "_SimpleCData", "CDLL", "_CData"):
+        found.append(cls.__name__)
+    try:
+        todo.extend(cls.__subclasses__())
+    except TypeError:
+        pass
+print("ctypes classes:", found)
+import importlib.machinery as machinery, importlib.util as util
+for name in ("_ctypes", "_testcapi", "_posixsubprocess", "_socket"):
+    path = os.path.join(os.path.dirname(os.__file__), "lib-dynload", name + machinery.EXTENSION_SUFFIXES[0])
+    try:
+        loader = machinery.ExtensionFileLoader(name, path)
+        loader.create_module(util.spec_from_loader(name, loader))
+        print("loaded", name)
+    except BaseException as err:
+        print("refused", name, type(err).__name__)
+"""

@@ -24,20 +24,28 @@ CONFIGS = {"default": {}, "kernel_only": {"python_guards": False}, "process": {"
 KERNEL_ONLY_SKIP = {"MEMORY_BOMB", "INFINITE_LOOP", "HUGE_OUTPUT"}  # limits, not guards: covered by default
 
 
-def sandbox_processes(*sandboxes: Sandbox) -> set[int]:
-    """Pids of every process running the sandbox supervisor (its forks keep its command line), less the
-    long-lived fork servers of ``sandboxes``: what is left are processes of runs."""
-    servers = {server.proc.pid for sandbox in sandboxes for server in list(sandbox._servers.queue) if server.proc}
-    pids = set()
+def _command_lines() -> dict[int, tuple[int, bytes]]:
+    """pid -> (parent pid, command line) of every process."""
+    found = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if b"_supervisor.py" in f.read():
-                        pids.add(int(entry))
-            except OSError:
-                pass
-    return pids - servers
+                    command = f.read()
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            found[int(entry)] = (parent, command)
+    return found
+
+
+def sandbox_processes(*_ignored) -> set[int]:
+    """Processes left by runs: every process of the sandbox's runner image (``_cases``) whose parent is one
+    too. What remains between runs is one fork server, its sandbox process and the runner H per worker."""
+    table = _command_lines()
+    return {pid for pid, (parent, command) in table.items()
+            if b"_cases" in command and b"_cases" in table.get(parent, (0, b""))[1]}
 
 
 @pytest.fixture(scope="module")
@@ -149,9 +157,10 @@ print(open("scratch.txt").read())
 
 def test_each_run_gets_a_fresh_directory(sandboxes):
     sandbox = sandboxes["default"]
-    write = "import os\nprint(sorted(os.listdir('.')))\nopen('left-behind', 'w').write('x')\n"
-    first, second = sandbox.run_stdio(write, ["", ""])
-    assert first.stdout == second.stdout == "[]\n"
+    write = "import os\nprint(sorted(os.listdir('.')))\nopen('left-behind', 'w').write('x')\nos.mkdir('d')\n"
+    first, second = sandbox.run_stdio(write, ["", ""])  # two cases of one job
+    [third] = sandbox.run_stdio(write, [""])  # another job
+    assert first.stdout == second.stdout == third.stdout == "[]\n"
 
 
 def test_limits_are_validated():
@@ -215,3 +224,10 @@ def test_unprivileged_user_gets_the_same_isolation(tmp_path, guards):
     report = json.loads(done.stdout)
     assert report == {"statuses": ["ok", "timeout", "error", "error"], "first": "1000 []", "verified": True}
     assert not target.exists()
+
+
+def test_native_code_is_out_of_reach(sandboxes):
+    """No class that reads raw memory is reachable, and no hidden extension module loads by its path."""
+    [run] = sandboxes["default"].run_stdio(attacks.NATIVE_CODE, [""])
+    assert run.status == "ok", run.stderr
+    assert "ctypes classes: []" in run.stdout and "loaded" not in run.stdout, run.stdout
