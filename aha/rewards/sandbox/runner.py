@@ -1,9 +1,10 @@
 """Run untrusted Python programs locally, isolated and bounded: the parent side of the sandbox.
 
 Each worker owns a fork server: a bare interpreter (``python -I -S -B``, no site-packages, scrubbed
-environment, its own session) on ``_supervisor.py``, which forks a fresh process tree per run that
-isolates itself before any untrusted code runs (see that file and ``docs/rewards.md`` for the threat
-model). Runs go in parallel, one worker per core.
+environment, its own session) on ``_supervisor.py``, which builds the worker's sandbox once (namespaces, a
+private read-only root, no privileges) and runs each test case there as a new process with its own
+limits (see that file and ``docs/rewards.md`` for the threat model). Runs go in parallel, one worker per
+core.
 
     >>> sandbox = Sandbox()
     >>> [run] = sandbox.run_stdio("print(int(input()) * 2)", ["21"])
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,7 +52,7 @@ class SandboxLimits:
     memory_mb: int = 512
     """Address space (RLIMIT_AS)."""
     processes: int = 16
-    """Processes and threads of the run's user (RLIMIT_NPROC); with namespaces only."""
+    """Processes and threads of the sandbox's user (RLIMIT_NPROC); with namespaces, or under root."""
     open_files: int = 64
     """Open file descriptors (RLIMIT_NOFILE)."""
     output_bytes: int = 1 << 20
@@ -127,6 +129,7 @@ class Sandbox:
             self._servers.put(_ForkServer(self.python))
         self._warned: set[str] = set()
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="aha-sandbox")
+        self._finalizer = weakref.finalize(self, _stop_servers, self._servers)
 
     # --- public API --------------------------------------------------------------------------------------
     def run_stdio(self, program: str, inputs: Iterable[str]) -> list[CaseRun]:
@@ -141,7 +144,10 @@ class Sandbox:
         """Run one job in the calling thread."""
         isolation = self.isolation
         runs = self._run_once(job, isolation)
-        if self._isolation == "auto" and isolation == "namespaces" and _setup_failed(runs):
+        if self._isolation == "auto" and isolation == "namespaces":
+            if not _setup_failed(runs):
+                self._isolation = "namespaces"
+                return runs
             log.warning("sandbox: kernel namespaces are unavailable (%s); falling back to process isolation "
                         "(resource limits and Python-level guards only)", runs[0].stderr)
             self._isolation = "process"
@@ -160,10 +166,10 @@ class Sandbox:
         return "namespaces" if self._isolation == "auto" else self._isolation
 
     def close(self) -> None:
-        """Stop the worker threads and fork servers (they also stop on their own when this process ends)."""
+        """Stop the worker threads and the fork servers (also done when the sandbox is garbage collected
+        or this process exits)."""
         self._pool.shutdown(wait=True)
-        while not self._servers.empty():
-            self._servers.get().stop()
+        self._finalizer()
 
     # --- one run -----------------------------------------------------------------------------------------
     def _run_once(self, job: Job, isolation: str) -> list[CaseRun]:
@@ -203,6 +209,7 @@ class _ForkServer:
         if self._owner != os.getpid():  # inherited through fork: the server's pipes are the parent's
             self.proc = None
         if self.proc is None or self.proc.poll() is not None:
+            self.stop()
             self._start()
         data = marshal.dumps(dict(payload, root=self.root, uid=self.uid))
         try:
@@ -245,16 +252,19 @@ class _ForkServer:
         return b"".join(chunks)
 
     def stop(self) -> None:
-        """Kill the server and its process group (its jobs die with it: PDEATHSIG)."""
-        if self.proc is None:
-            return
+        """Kill the server and its process group (its sandbox dies with it: PDEATHSIG), remove its folder."""
         if self._owner == os.getpid():
-            if self.proc.poll() is None:
+            if self.proc is not None and self.proc.poll() is None:
                 _kill_session(self.proc.pid)  # not yet reaped: the group id cannot have been reused
                 self.proc.wait()
             if self.root:
                 _remove(self.root)
         self.proc, self.root = None, None
+
+
+def _stop_servers(servers: queue.Queue) -> None:
+    for server in list(servers.queue):
+        server.stop()
 
 
 def _case_run(case: dict, mode: str, nonce: bytes, limits: SandboxLimits) -> CaseRun:
