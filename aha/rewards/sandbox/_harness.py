@@ -14,6 +14,7 @@ files outside the working directory.
 from __future__ import annotations
 
 import builtins
+import gc
 import os
 import sys
 
@@ -124,7 +125,8 @@ def event_denied(event: str, args: tuple, policy: dict) -> str | None:
 
 def install_guards(policy: dict) -> None:
     """Add the audit hook (it cannot be removed) and forget the modules the program must not reach."""
-    for name in [m for m in sys.modules if m.split(".")[0] in DENIED_MODULES or m in ("_isolate", "_harness", "_cases")]:
+    own = ("_isolate", "_harness", "_cases")
+    for name in [m for m in sys.modules if m.split(".")[0] in DENIED_MODULES or m in own]:
         del sys.modules[name]
     policy = dict(policy, pid=os.getpid())
     errors = {"sys._getframe": FrameDenied, "object.__getattr__": FrameAttributeDenied}
@@ -235,27 +237,35 @@ def sanitise(value: object, depth: int = 0) -> object:
     raise TypeError(f"a tested function returned a {kind.__name__}; only plain data may be returned")
 
 
-def _guarded(fn):
-    """Wrap a program function so that the tests only ever see plain data from it."""
+def _guarded(fn, snapshot, settle):
+    """Wrap a program function for the tests: whatever it changes in the interpreter while it runs (a
+    module's function, a class's method, a built-in, the import machinery) is put back before the tests go
+    on, and the tests only ever see plain data from it."""
     clean = sanitise
 
     def call(*args, **kwargs):
-        return clean(fn(*args, **kwargs))
+        restore = snapshot()
+        try:
+            result = fn(*args, **kwargs)
+        finally:
+            restore()
+            settle()
+        return clean(result)
 
     call.__name__ = getattr(fn, "__name__", "candidate")
     call.__doc__ = getattr(fn, "__doc__", None)
     return call
 
 
-def _test_namespace(namespace: dict, pristine: dict) -> dict:
-    """The names the program defined, as the tests see them: its functions guarded, no name that shadows
-    a built-in, built-ins from the untouched copy."""
+def _test_namespace(namespace: dict, pristine: dict, wrap) -> dict:
+    """The names the program defined, as the tests see them: its functions wrapped (see :func:`_guarded`),
+    no name that shadows a built-in, built-ins from the untouched copy."""
     names = {}
     function = type(_fresh_main)
     for name, value in namespace.items():
         if name.startswith("__") or name in pristine:
             continue
-        names[name] = _guarded(value) if type(value) is function else value
+        names[name] = wrap(value) if type(value) is function else value
     names["__builtins__"] = dict(pristine)
     names["__name__"] = "__main__"
     return names
@@ -266,11 +276,14 @@ def run_with_tests(program: str, tests: str, entry_point: str | None, nonce: byt
     every test passed does this write ``nonce`` — which the program never sees — to ``verdict_fd``.
 
     Everything the verdict depends on is bound to locals before the program runs: the program may replace
-    any module attribute or built-in and it changes nothing here."""
+    any module attribute or built-in and it changes nothing here. The interpreter state is put back after
+    the program and after each call of one of its functions, and the garbage collector is off during the
+    tests, so that no finaliser of the program's runs between them."""
     write, exit_, exec_, compile_ = os.write, os._exit, exec, compile
     thread_count = sys.modules["_thread"]._count
+    snapshot, collect, settle = _snapshot, gc.collect, gc.disable
     pristine = dict(builtins.__dict__)
-    restore = _snapshot()
+    restore = snapshot()
     namespace = _fresh_main()
     try:
         exec_(compile_(program, "program.py", "exec"), namespace)
@@ -282,12 +295,14 @@ def run_with_tests(program: str, tests: str, entry_point: str | None, nonce: byt
     if thread_count():
         exit_(EXIT_THREADS_LEFT)
     restore()
-    test_names = _test_namespace(namespace, pristine)
+    collect()
+    settle()
+    wrap = lambda fn: _guarded(fn, snapshot, settle)  # noqa: E731
+    test_names = _test_namespace(namespace, pristine, wrap)
     try:
         exec_(compile_(tests, "tests.py", "exec"), test_names)
         if entry_point:
-            candidate = namespace[entry_point]
-            test_names["check"](_guarded(candidate))
+            test_names["check"](wrap(namespace[entry_point]))
     except BaseException as err:
         pristine["print"](f"{type(err).__name__}: {err}", file=sys.__stderr__)
         _flush()
@@ -306,6 +321,7 @@ def _snapshot():
     contents = {name: dict(m.__dict__) for name, m in modules.items() if name not in ("sys", "__main__")}
     builtins_dict = dict(builtins.__dict__)
     lists = {name: list(getattr(sys, name)) for name in ("meta_path", "path_hooks", "path")}
+    callbacks = list(gc.callbacks)
     streams = {name: getattr(sys, name) for name in ("stdin", "stdout", "stderr", "displayhook", "excepthook")}
     importer_cache = dict(sys.path_importer_cache)
     classes = _class_contents(modules)
@@ -327,6 +343,7 @@ def _snapshot():
             setattr_(sys, name, saved)
         sys.path_importer_cache.clear()
         sys.path_importer_cache.update(importer_cache)
+        gc.callbacks[:] = callbacks
         _restore_classes(classes)
 
     return restore

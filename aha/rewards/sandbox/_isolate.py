@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import resource
-import signal
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
@@ -164,33 +162,3 @@ def drop_privileges(uid: int | None, gid: int | None) -> None:
         _syscall("capset", header, data)
     prctl(PR_SET_NO_NEW_PRIVS, 1)
     prctl(PR_SET_DUMPABLE, 0)
-
-
-def set_limits(limits: dict, processes: bool) -> None:
-    """Resource limits of the process that runs untrusted code (soft = hard, so they cannot be raised)."""
-    cpu = max(1, int(-(-limits["cpu_seconds"] // 1)))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (limits["memory_bytes"], limits["memory_bytes"]))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limits["open_files"], limits["open_files"]))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["output_bytes"], limits["output_bytes"]))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if processes:
-        resource.setrlimit(resource.RLIMIT_NPROC, (limits["processes"], limits["processes"]))
-
-
-def kill_all_others() -> None:
-    """From the PID namespace's init: SIGKILL every other process in the namespace and reap them all."""
-    try:
-        os.kill(-1, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    reap()
-
-
-def reap() -> None:
-    """Wait for every child (and, as init, every orphan) until none is left."""
-    while True:
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            return

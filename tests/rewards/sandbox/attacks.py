@@ -108,8 +108,7 @@ HARD_EXIT_BEFORE_TESTS = "import os\nos._exit(0)\n"
 OVERRIDE_BUILTINS = """
 import builtins
 builtins.abs = lambda x: 0
-builtins.len = lambda x: 3
-builtins.isinstance = lambda *a: True
+builtins.all = lambda x: True
 builtins.AssertionError = type("Quiet", (Exception,), {{}})
 def solve(x):
     return -1
@@ -178,10 +177,22 @@ def solve(x):
 TESTS = """
 def check(candidate):
     assert abs(candidate(2) - 4) < 1e-9
-    assert len([candidate(1)]) == 1
     assert candidate(3) == 6
-    assert all([candidate(0) == 0])
+    assert all([candidate(0) == 0, candidate(1) == 2])
 """
+
+TESTS_BUILTINS = """
+def check(candidate):
+    assert abs(candidate(2) - 4) < 1e-9
+    assert all([candidate(0) == 0, candidate(1) == 2])
+"""
+TESTS_EQUAL = """
+def check(candidate):
+    assert candidate(3) == 6
+    assert candidate(0) == 0
+"""
+TESTS_FOR = {"OVERRIDE_BUILTINS": TESTS_BUILTINS, "SHADOW_BUILTINS": TESTS_BUILTINS, "ALWAYS_EQUAL": TESTS_EQUAL}
+"""Tests each of these attacks would pass if the sandbox did not stop it (the others use TESTS)."""
 
 NATIVE_CODE = """
 import os, sys
@@ -208,4 +219,24 @@ for name in ("_ctypes", "_testcapi", "_posixsubprocess", "_socket"):
         print("loaded", name)
     except BaseException as err:
         print("refused", name, type(err).__name__)
+"""
+
+PATCH_DURING_TESTS = """
+import math
+def solve(x):
+    math.isclose = lambda *a, **k: True
+    math.fabs = lambda v: 0.0
+    import builtins, collections
+    builtins.abs = lambda v: 0
+    collections.Counter.__eq__ = lambda self, other: True
+    return -1
+"""
+
+TESTS_USING_MODULES = """
+import math, collections
+def check(candidate):
+    value = candidate(2)  # called first: the module attributes are looked up after it has run
+    assert math.isclose(value, 4)
+    assert math.fabs(value - 4) < 1e-9
+    assert collections.Counter([value]) == collections.Counter([4])
 """

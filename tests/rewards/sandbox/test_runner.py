@@ -116,7 +116,8 @@ def test_attack_is_contained(sandboxes, host, config, attack):
                                     "SHADOW_BUILTINS", "ALWAYS_EQUAL", "PATCH_HARNESS", "THREAD_LEFT"])
 def test_tests_cannot_be_faked(sandboxes, config, attack):
     before = sandbox_processes()
-    run = sandboxes[config].run_tests(getattr(attacks, attack).format(), attacks.TESTS, "solve")
+    tests = attacks.TESTS_FOR.get(attack, attacks.TESTS)
+    run = sandboxes[config].run_tests(getattr(attacks, attack).format(), tests, "solve")
     assert run.status != "sandbox_error", run
     assert not run.verified, run
     assert sandbox_processes(sandboxes[config]) - before == set()
@@ -124,6 +125,14 @@ def test_tests_cannot_be_faked(sandboxes, config, attack):
         for name in ("frame", "gc", "ctypes", "tb_frame", "settrace", "marshal", "signal", "_signal", "harness",
                      "main"):
             assert f"'{name}: done'" not in run.stdout, run.stdout
+
+
+@pytest.mark.parametrize("config", ["default", "process"])
+def test_patching_modules_from_the_tested_function_changes_nothing(sandboxes, config):
+    sandbox = sandboxes[config]
+    assert not sandbox.run_tests(attacks.PATCH_DURING_TESTS, attacks.TESTS_USING_MODULES, "solve").verified
+    honest = "def solve(x):\n    return x * 2\n"
+    assert sandbox.run_tests(honest, attacks.TESTS_USING_MODULES, "solve").verified
 
 
 @pytest.mark.parametrize("config", ["default", "process"])
