@@ -10,9 +10,9 @@ picks rewards by name with weights::
     rewards:
       accuracy: 1.0                                   # weight only
       format: {weight: 0.5, requires: accuracy}       # paid only where `accuracy` is positive
-      code: {weight: 1.0, timeout: 30}                # seconds per sample before it is given up
+      code: {weight: 1.0, time_budget: 30}            # seconds per sample before it is given up
 
-A reward that raises, or runs past its ``timeout``, costs the samples concerned (scored None, logged,
+A reward that raises, or runs past its ``time_budget``, costs the samples concerned (scored None, logged,
 counted in ``RewardResult.failures``), never the run. A reward that can tell why it could not score one
 sample (a verifier time-out, a sandbox failure) returns None for it and calls :func:`report_failure`.
 """
@@ -67,7 +67,7 @@ class RewardTerm:
     weight: float
     requires: str | None = None
     """Label of another term; this one is paid only where that one scored > 0."""
-    timeout: float | None = None
+    time_budget: float | None = None
     """Seconds per sample before the reward is given up on (None: no budget)."""
 
 
@@ -90,11 +90,11 @@ def build_rewards(spec: dict[str, Any]) -> list[RewardTerm]:
         options = dict(value) if isinstance(value, dict) else {"weight": value}
         weight = float(options.pop("weight", 1.0))
         requires = options.pop("requires", None)
-        timeout = options.pop("timeout", None)
-        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise ValueError(f"rewards.{label}.timeout must be a positive number of seconds, got {timeout!r}")
+        budget = options.pop("time_budget", None)
+        if budget is not None and (not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0):
+            raise ValueError(f"rewards.{label}.time_budget must be a positive number of seconds, got {budget!r}")
         name = options.pop("reward", label)
-        terms.append(RewardTerm(label, get_reward(name, **options), weight, requires, timeout))
+        terms.append(RewardTerm(label, get_reward(name, **options), weight, requires, budget))
     labels = {t.label for t in terms}
     for term in terms:
         if term.requires is not None and term.requires not in labels:
@@ -143,7 +143,7 @@ def _call_safely(term: RewardTerm, completions: list[str], columns: dict[str, li
     reported: list[str] = []
     token = _REPORTED.set(reported)
     try:
-        budget = None if term.timeout is None else term.timeout * max(len(completions), 1)
+        budget = None if term.time_budget is None else term.time_budget * max(len(completions), 1)
         try:
             return _call(term, completions, columns, budget), reported
         except Exception as err:  # a reward bug must cost samples, never the run
@@ -152,7 +152,7 @@ def _call_safely(term: RewardTerm, completions: list[str], columns: dict[str, li
         values = []
         for i, completion in enumerate(completions):
             try:
-                values.append(_call(term, [completion], {k: [v[i]] for k, v in columns.items()}, term.timeout)[0])
+                values.append(_call(term, [completion], {k: [v[i]] for k, v in columns.items()}, term.time_budget)[0])
             except Exception as err:
                 log.warning("reward %s failed on sample %d: %s", term.label, i, err)
                 values.append(None)

@@ -50,11 +50,10 @@ class _Worker:
         self.owner = os.getpid()
 
     def start(self) -> None:
-        # -I: the script's own folder (which holds aha's math.py) must not shadow the standard library
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-        self.proc = subprocess.Popen([sys.executable, "-I", "-u", str(WORKER), str(max(1, math.ceil(self.timeout)))],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     env=env, text=True, bufsize=1)
+        # -P: the script's own folder (which holds aha's math.py) must not shadow the standard library
+        command = [sys.executable, "-P", "-u", str(WORKER), str(max(1, math.ceil(self.timeout)))]
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, bufsize=1)
         if self._readline(STARTUP_SECONDS) != "ready":
             self.stop()
             raise RuntimeError("the math-verify worker did not start")

@@ -142,3 +142,19 @@ def _score_in_worker(pairs):
 def test_accuracy_works_in_worker_processes():
     with ProcessPoolExecutor(1) as pool:
         assert pool.submit(_score_in_worker, [("\\frac12", "0.5"), ("2", "3")]).result(120) == [1.0, 0.0]
+
+
+def test_a_verifier_failure_costs_one_sample_with_a_reason():
+    from aha.rewards import build_rewards, score
+    from aha.rewards.verifier import shared_verifier
+    from tests.rewards.test_verifier import hung_worker
+
+    terms = build_rewards({"accuracy": {"timeout": 0.5}})  # the verifier's deadline per answer
+    worker = shared_verifier(0.5, 1)._workers[0]
+    worker.stop()
+    worker.proc = hung_worker()  # takes requests, never answers
+    result = score(terms, ["<answer>\\frac{2}{4}</answer>", "<answer>3</answer>"], {"answer": ["0.5", "3"]})
+    assert result.per_reward["accuracy"] == [None, 1.0]
+    assert result.failures == {"accuracy": 1} and "timed out" in result.failure_reasons["accuracy"][0]
+    assert score(terms, ["<answer>\\frac{2}{4}</answer>"], {"answer": ["0.5"]}).total == [1.0]  # replaced
+    worker.stop()

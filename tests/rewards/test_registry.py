@@ -17,8 +17,8 @@ def test_every_documented_reward_is_registered():
         get_reward("nonsense")
 
 
-def _term(label, fn, weight=1.0, requires=None, timeout=None):
-    return RewardTerm(label, fn, weight, requires, timeout)
+def _term(label, fn, weight=1.0, requires=None, time_budget=None):
+    return RewardTerm(label, fn, weight, requires, time_budget)
 
 
 def test_weights_gating_and_none():
@@ -59,7 +59,7 @@ def test_time_budget_costs_only_the_slow_sample():
         return [1.0] * len(completions)
 
     start = time.perf_counter()
-    result = score([_term("slow", slow, timeout=0.3)], ["ok", "slow"], {})
+    result = score([_term("slow", slow, time_budget=0.3)], ["ok", "slow"], {})
     assert time.perf_counter() - start < 2.5
     assert result.per_reward["slow"] == [1.0, None]
     assert result.failures == {"slow": 1} and "time budget" in result.failure_reasons["slow"][0]
@@ -88,13 +88,13 @@ def test_reported_failures_are_counted():
 
 def test_build_rewards_from_a_recipe():
     terms = build_rewards({"accuracy": 1.0, "format": {"weight": 0.5, "requires": "accuracy", "strict": False},
-                           "tidy": {"reward": "repetition", "ngram_size": 2, "timeout": 10}})
-    assert [(t.label, t.weight, t.requires, t.timeout) for t in terms] == [
+                           "tidy": {"reward": "repetition", "ngram_size": 2, "time_budget": 10}})
+    assert [(t.label, t.weight, t.requires, t.time_budget) for t in terms] == [
         ("accuracy", 1.0, None, None), ("format", 0.5, "accuracy", None), ("tidy", 1.0, None, 10)]
     with pytest.raises(ValueError, match="requires"):
         build_rewards({"format": {"requires": "accuracy"}})
-    with pytest.raises(ValueError, match="timeout"):
-        build_rewards({"format": {"timeout": -1}})
+    with pytest.raises(ValueError, match="time_budget"):
+        build_rewards({"format": {"time_budget": -1}})
     with pytest.raises(ValueError, match="bad options"):
         build_rewards({"format": {"stric": True}})
     with pytest.raises(ValueError, match="at least one"):

@@ -1,5 +1,7 @@
 """math-verify behind hard deadlines: threads, worker processes, a pathological input, a dead worker."""
 
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -30,12 +32,17 @@ def test_pathological_answer_is_bounded_from_a_thread():
     assert elapsed < 10
 
 
-def test_a_dead_worker_costs_one_pair_and_is_replaced():
+def hung_worker() -> subprocess.Popen:
+    """A stand-in worker process that reads requests and never answers."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(20)"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_a_hung_worker_costs_one_pair_and_is_replaced():
     verifier = MathVerifier(timeout=0.5)
     worker = verifier._workers[0]
-    worker.start()
-    worker.proc.stdin.write("not json\n")  # the worker dies on this line: its reply never comes
-    worker.proc.stdin.flush()
+    worker.stop()
+    worker.proc = hung_worker()  # takes requests, never answers
     reasons = {}
     assert verifier.equal_many([("\\frac{2}{4}", "0.5")], reasons) == [None]
     assert "timed out" in reasons[0]
