@@ -124,10 +124,15 @@ class Sandbox:
         self.python = python or getattr(sys, "_base_executable", None) or sys.executable
         self.python_guards = python_guards
         self._isolation = isolation
+        self._warned: set[str] = set()
+        self._start_workers()
+
+    def _start_workers(self) -> None:
+        """Fork servers and worker threads of this process (a forked copy of the sandbox makes its own)."""
+        self._pid = os.getpid()
         self._servers: queue.Queue[_ForkServer] = queue.Queue()
         for _ in range(self.workers):
             self._servers.put(_ForkServer(self.python))
-        self._warned: set[str] = set()
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="aha-sandbox")
         self._finalizer = weakref.finalize(self, _stop_servers, self._servers)
 
@@ -142,6 +147,8 @@ class Sandbox:
 
     def run(self, job: Job) -> list[CaseRun]:
         """Run one job in the calling thread."""
+        if self._pid != os.getpid():
+            self._start_workers()
         isolation = self.isolation
         runs = self._run_once(job, isolation)
         if self._isolation == "auto" and isolation == "namespaces":
@@ -156,6 +163,8 @@ class Sandbox:
 
     def map(self, jobs: Iterable[Job]) -> list[list[CaseRun]]:
         """Run many jobs in parallel (``workers`` at a time); results in the order of ``jobs``."""
+        if self._pid != os.getpid():  # forked: the parent's threads and servers are not ours
+            self._start_workers()
         jobs = list(jobs)
         if jobs and self._isolation == "auto":
             self.run(Job("pass"))  # settle the isolation mode once, before the parallel runs

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from aha.rewards.sandbox import Sandbox, SandboxLimits
+from aha.rewards.sandbox import Job, Sandbox, SandboxLimits
 from tests.rewards.sandbox import attacks
 
 LIMITS = SandboxLimits(cpu_seconds=1, wall_seconds=1.5, memory_mb=256, output_bytes=64 * 1024, processes=16)
@@ -240,3 +240,24 @@ def test_native_code_is_out_of_reach(sandboxes):
     [run] = sandboxes["default"].run_stdio(attacks.NATIVE_CODE, [""])
     assert run.status == "ok", run.stderr
     assert "ctypes classes: []" in run.stdout and "loaded" not in run.stdout, run.stdout
+
+
+_INHERITED: list[Sandbox] = []
+
+
+def _map_in_child() -> list[str]:
+    from aha.rewards.sandbox import Job
+
+    return [runs[0].stdout for runs in _INHERITED[0].map([Job("print(7)")] * 3)]
+
+
+def test_a_forked_process_gets_its_own_workers(sandboxes):
+    """A sandbox inherited through fork (a data-loader worker, a process pool) still runs jobs."""
+    import multiprocessing
+
+    sandbox = sandboxes["default"]
+    sandbox.map([Job("print(1)")] * 2)  # the parent's threads and servers exist
+    _INHERITED[:] = [sandbox]
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(_map_in_child).get(timeout=60) == ["7\n"] * 3
+    assert sandbox.run_stdio("print(8)", [""])[0].stdout == "8\n"  # the parent's are untouched
