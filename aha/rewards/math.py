@@ -8,13 +8,10 @@ answer itself; :func:`answers_equal` compares with math-verify in a worker proce
 
 from __future__ import annotations
 
-import logging
 import re
 
 from aha.rewards.registry import register_reward, report_failure
 from aha.rewards.verifier import shared_verifier
-
-log = logging.getLogger(__name__)
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")

@@ -14,7 +14,6 @@ unscored.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import re
@@ -24,8 +23,6 @@ import sys
 import threading
 from fractions import Fraction
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 WORKER = Path(__file__).with_name("_math_worker.py")
 STARTUP_SECONDS = 60.0
@@ -125,7 +122,8 @@ class MathVerifier:
                 pending.append((i, pred, gold))
         reasons = {} if reasons is None else reasons
         chunks = [pending[k::len(self._workers)] for k in range(len(self._workers))]
-        threads = [threading.Thread(target=w.run, args=(c, results, reasons)) for w, c in zip(self._workers, chunks) if c]
+        threads = [threading.Thread(target=worker.run, args=(chunk, results, reasons))
+                   for worker, chunk in zip(self._workers, chunks) if chunk]
         for t in threads:
             t.start()
         for t in threads:

@@ -24,7 +24,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
