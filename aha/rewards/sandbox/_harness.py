@@ -43,6 +43,7 @@ PATH_EVENTS = {"os.mkdir": (0,), "os.rmdir": (0,), "os.remove": (0,), "os.rename
 LISTING_EVENTS = frozenset({"os.listdir", "os.scandir", "glob.glob", "glob.glob/2"})
 PROTECTED_ATTRS = frozenset({"__code__"})
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+PACKAGE_FOLDERS = frozenset({"site-packages", "dist-packages"})
 READABLE_DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/dev/full")
 PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes)
 HEAPTYPE = 1 << 9
@@ -76,8 +77,9 @@ def resolve(path: object) -> str | None:
 
 
 def open_allowed(path: object, mode: object, flags: object, workdir: str, read_roots: tuple[str, ...]) -> bool:
-    """Reads: the working directory, the read roots (the standard library) and a few devices. Writes: the
-    working directory only. File descriptors (already open) pass."""
+    """Reads: the working directory, the read roots (the standard library, less any installed packages in
+    it: some reach raw memory) and a few devices. Writes: the working directory only. File descriptors
+    (already open) pass."""
     real = resolve(path)
     if real is None:
         return True
@@ -85,7 +87,7 @@ def open_allowed(path: object, mode: object, flags: object, workdir: str, read_r
         return True
     writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or \
         (isinstance(flags, int) and bool(flags & WRITE_FLAGS))
-    if writing:
+    if writing or any(part in PACKAGE_FOLDERS for part in real.split("/")):
         return False
     return real in READABLE_DEVICES or any(inside(real, r) for r in read_roots)
 

@@ -120,6 +120,7 @@ def build_root(root: str, python_prefix: str, stdlib: str, harness_dir: str, tmp
     for path in visible_paths(python_prefix, harness_dir):
         _mirror(root, path)
     _hide_modules(root, os.path.join(stdlib, "lib-dynload"))
+    _hide_packages(root, stdlib)
     os.makedirs(root + "/dev")
     for name in DEVICES:
         if os.path.exists("/dev/" + name):
@@ -147,6 +148,15 @@ def _hide_modules(root: str, dynload: str) -> None:
     for name in os.listdir(dynload):
         if name.split(".", 1)[0] in HIDDEN_MODULES:
             _mount(empty, root + os.path.join(dynload, name), None, MS_BIND)
+
+
+def _hide_packages(root: str, stdlib: str) -> None:
+    """Cover the installation's own site-packages with an empty folder: installed packages (numpy, cffi)
+    can reach raw memory, and programs get the standard library only."""
+    packages = os.path.join(stdlib, "site-packages")
+    if os.path.isdir(packages):
+        os.makedirs(root + "/.nothing", exist_ok=True)
+        _mount(root + "/.nothing", root + packages, None, MS_BIND)
 
 
 def drop_privileges(uid: int | None, gid: int | None) -> None:

@@ -240,3 +240,19 @@ def check(candidate):
     assert math.fabs(value - 4) < 1e-9
     assert collections.Counter([value]) == collections.Counter([4])
 """
+
+INSTALLED_PACKAGES = """
+import os, sys
+packages = os.path.join(os.path.dirname(os.__file__), "site-packages")
+sys.path.append(packages)
+try:
+    print("listing:", os.listdir(packages))
+except Exception as err:
+    print("refused listing", type(err).__name__)
+for name in ("numpy", "pip", "cffi"):
+    try:
+        __import__(name)
+        print("imported", name)
+    except Exception as err:
+        print("refused", name, type(err).__name__)
+"""

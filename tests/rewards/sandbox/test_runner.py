@@ -242,6 +242,14 @@ def test_native_code_is_out_of_reach(sandboxes):
     assert "ctypes classes: []" in run.stdout and "loaded" not in run.stdout, run.stdout
 
 
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_installed_packages_are_out_of_reach(sandboxes, config):
+    """Packages installed next to the standard library (numpy can read raw memory) cannot be imported."""
+    [run] = sandboxes[config].run_stdio(attacks.INSTALLED_PACKAGES, [""])
+    assert run.status == "ok", run.stderr
+    assert "imported" not in run.stdout, run.stdout
+
+
 _INHERITED: list[Sandbox] = []
 
 
