@@ -40,7 +40,7 @@ def main() -> None:
         print(f"{name:8s} in-process {len(equal)} pairs in {elapsed:6.2f} s = {len(equal) / elapsed:7.1f} pairs/s")
     for workers in (1, 2):
         reward = get_reward("accuracy", workers=workers)
-        reward(["<answer>1</answer>"], answer=["1"])  # start the workers
+        reward(["<answer>\\frac{1}{2}</answer>"] * 2 * workers, answer=["0.5"] * 2 * workers)  # start the workers
         for name in ("math500", "gsm8k"):
             completions, answers = pairs(name, "answer", args.rows)
             start = time.perf_counter()
