@@ -35,7 +35,10 @@ DENIED_MODULES = frozenset({
     "_testclinic", "_xxsubinterpreters", "_xxinterpchannels", "_xxtestfuzz", "_ctypes_test", "faulthandler",
     "pty", "_tkinter", "tkinter", "_lsprof", "cProfile", "profile", "pdb", "bdb", "_tracemalloc",
     "tracemalloc", "multiprocessing", "_multiprocessing", "_posixshmem", "concurrent", "asyncio", "_asyncio",
+    "posix", "_imp",
 })
+UNAUDITED_FUNCTIONS = ("mkfifo", "mknod")
+"""Removed from ``os`` and ``posix`` (whose fresh import is refused, so they cannot come back)."""
 PATH_EVENTS = {"os.mkdir": (0,), "os.rmdir": (0,), "os.remove": (0,), "os.rename": (0, 1),
                "os.chmod": (0,), "os.chown": (0,), "os.utime": (0,), "os.truncate": (0,),
                "os.mkfifo": (0,), "os.mknod": (0,), "os.setxattr": (0,), "os.removexattr": (0,),
@@ -130,6 +133,9 @@ def install_guards(policy: dict) -> None:
     own = ("_isolate", "_harness", "_cases")
     for name in [m for m in sys.modules if m.split(".")[0] in DENIED_MODULES or m in own]:
         del sys.modules[name]
+    for module in (sys.modules["posix"], os):  # these two raise no audit event
+        for name in UNAUDITED_FUNCTIONS:
+            module.__dict__.pop(name, None)
     policy = dict(policy, pid=os.getpid())
     errors = {"sys._getframe": FrameDenied, "object.__getattr__": FrameAttributeDenied}
     violation = SandboxViolation

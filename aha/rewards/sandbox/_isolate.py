@@ -17,7 +17,8 @@ CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_KEEPCAPS, PR_SET_NO_NEW_PRIVS = 1, 4, 8, 38
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_DAC_READ_SEARCH = 47, 2, 2
 SYSCALLS = {"x86_64": {"pivot_root": 155, "capset": 126}, "aarch64": {"pivot_root": 41, "capset": 91}}
 DEVICES = ("null", "zero", "full", "random", "urandom")
 HIDDEN_MODULES = ("_ctypes", "_ctypes_test", "_posixsubprocess", "_testcapi", "_testinternalcapi",
@@ -48,8 +49,8 @@ def _syscall(name: str, *args) -> int:
     return _check(_libc.syscall(number, *args), name)
 
 
-def prctl(option: int, value: int) -> None:
-    _check(_libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0), f"prctl {option}")
+def prctl(option: int, value: int, extra: int = 0) -> None:
+    _check(_libc.prctl(option, ctypes.c_ulong(value), ctypes.c_ulong(extra), 0, 0), f"prctl {option}")
 
 
 def enter_namespaces() -> bool:
@@ -159,16 +160,32 @@ def _hide_packages(root: str, stdlib: str) -> None:
         _mount(root + "/.nothing", root + packages, None, MS_BIND)
 
 
-def drop_privileges(uid: int | None, gid: int | None) -> None:
+def drop_privileges(uid: int | None, gid: int | None, keep_reading: bool = False) -> None:
     """No capabilities, no way to regain any (no-new-privs), not dumpable (no ptrace, no /proc/PID/mem).
-    Under root: switch to the given dedicated unprivileged uid/gid, which also makes RLIMIT_NPROC count."""
+    Under root: switch to the given dedicated unprivileged uid/gid, which also makes RLIMIT_NPROC count.
+
+    keep_reading (under root only): keep one capability, CAP_DAC_READ_SEARCH, through the execution of
+    the runner, for a Python installation that other users cannot read (under ``/root``, say). Without
+    namespaces, that is still far less than staying root: no writes, no device nodes, no signals."""
     if os.geteuid() == 0 and uid is not None:
+        if keep_reading:
+            prctl(PR_SET_KEEPCAPS, 1)
         os.setgroups([])
         os.setresgid(gid, gid, gid)
-        os.setresuid(uid, uid, uid)  # leaving uid 0 clears every capability
+        os.setresuid(uid, uid, uid)  # leaving uid 0 clears every capability (but the permitted, with KEEPCAPS)
+        _set_capabilities(1 << CAP_DAC_READ_SEARCH if keep_reading else 0)
+        if keep_reading:
+            prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_DAC_READ_SEARCH)  # survives execve
+            prctl(PR_SET_KEEPCAPS, 0)
     else:
-        header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
-        data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable (x2): all empty
-        _syscall("capset", header, data)
+        _set_capabilities(0)
     prctl(PR_SET_NO_NEW_PRIVS, 1)
     prctl(PR_SET_DUMPABLE, 0)
+
+
+def _set_capabilities(mask: int) -> None:
+    """This process's effective, permitted and inheritable capabilities, all set to ``mask``."""
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    low, high = mask & 0xFFFFFFFF, mask >> 32
+    data = (ctypes.c_uint32 * 6)(low, low, low, high, high, high)
+    _syscall("capset", header, data)

@@ -165,14 +165,14 @@ def _prepare(job: dict, namespaces: bool) -> dict:
         workdir = "/tmp"
     else:
         workdir = job["root"]
-        if uid is not None and not _others_can_read(stdlib):
-            warnings.append(f"staying root: {stdlib} is not readable by an unprivileged user")
-            uid = gid = None
         if uid is not None:
             os.chown(workdir, uid, gid)
+    keep_reading = not namespaces and uid is not None and not _others_can_read(stdlib)
+    if keep_reading:
+        warnings.append(f"{stdlib} is not readable by other users: the sandbox's uid keeps CAP_DAC_READ_SEARCH")
     os.chdir(workdir)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    _isolate.drop_privileges(uid, gid)
+    _isolate.drop_privileges(uid, gid, keep_reading)
     return {"workdir": workdir, "namespaces": namespaces, "count_processes": namespaces or uid is not None,
             "read_roots": [os.path.realpath(stdlib)], "warnings": warnings}
 

@@ -256,3 +256,25 @@ for name in ("numpy", "pip", "cffi"):
     except Exception as err:
         print("refused", name, type(err).__name__)
 """
+
+SPECIAL_FILES = """
+import os, stat, sys
+attempts = {{
+    "block device": lambda: os.mknod("disk", stat.S_IFBLK | 0o600, os.makedev(8, 0)),
+    "fifo outside": lambda: os.mkfifo("{target}/fifo"),
+    "posix.mknod": lambda: sys.modules["posix"].mknod("disk2", stat.S_IFBLK | 0o600, os.makedev(8, 0)),
+}}
+for name, attempt in attempts.items():
+    try:
+        attempt()
+        print("made", name)
+    except BaseException as err:
+        print("refused", name, type(err).__name__)
+try:
+    del sys.modules["posix"]
+    import posix
+    posix.mknod("disk3", stat.S_IFBLK | 0o600, os.makedev(8, 0))
+    print("made fresh posix device")
+except BaseException as err:
+    print("refused fresh posix", type(err).__name__)
+"""

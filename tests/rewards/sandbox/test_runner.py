@@ -19,7 +19,7 @@ from tests.rewards.sandbox import attacks
 
 LIMITS = SandboxLimits(cpu_seconds=1, wall_seconds=1.5, memory_mb=256, output_bytes=64 * 1024, processes=16)
 ATTACKS = ["FORK_BOMB", "MEMORY_BOMB", "INFINITE_LOOP", "BUSY_CHILD", "WRITE_OUTSIDE", "READ_SECRET",
-           "NETWORK", "KILL_PARENT", "HUGE_OUTPUT"]
+           "NETWORK", "KILL_PARENT", "HUGE_OUTPUT", "SPECIAL_FILES"]
 CONFIGS = {"default": {}, "kernel_only": {"python_guards": False}, "process": {"isolation": "process"}}
 KERNEL_ONLY_SKIP = {"MEMORY_BOMB", "INFINITE_LOOP", "HUGE_OUTPUT"}  # limits, not guards: covered by default
 
@@ -79,7 +79,7 @@ def _assert_contained(runs, host, before: set[int], sandbox: Sandbox) -> None:
     assert runs and all(run.status != "sandbox_error" for run in runs), runs
     for run in runs:
         assert host["token"] not in run.stdout + run.stderr
-        assert "wrote" not in run.stdout
+        assert "wrote" not in run.stdout and "made" not in run.stdout, run.stdout
     assert sorted(p.name for p in host["target"].iterdir()) == []
     assert not os.path.exists("/var/tmp/aha-sandbox-pwned") and not os.path.exists("/dev/shm/aha-sandbox-pwned")
     assert not (host["target"].parent.parent / "aha-pwned").exists()
