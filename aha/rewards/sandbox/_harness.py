@@ -35,8 +35,10 @@ DENIED_MODULES = frozenset({
     "_testclinic", "_xxsubinterpreters", "_xxinterpchannels", "_xxtestfuzz", "_ctypes_test", "faulthandler",
     "pty", "_tkinter", "tkinter", "_lsprof", "cProfile", "profile", "pdb", "bdb", "_tracemalloc",
     "tracemalloc", "multiprocessing", "_multiprocessing", "_posixshmem", "concurrent", "asyncio", "_asyncio",
-    "posix", "_imp",
 })
+NO_FRESH_IMPORT = frozenset({"posix", "_imp", "builtins", "sys"})
+"""Always loaded; importing them afresh (after deleting them from ``sys.modules``) would bring back what
+the guards removed."""
 UNAUDITED_FUNCTIONS = ("mkfifo", "mknod")
 """Removed from ``os`` and ``posix`` (whose fresh import is refused, so they cannot come back)."""
 PATH_EVENTS = {"os.mkdir": (0,), "os.rmdir": (0,), "os.remove": (0,), "os.rename": (0, 1),
@@ -107,7 +109,8 @@ def event_denied(event: str, args: tuple, policy: dict) -> str | None:
     if event in LISTING_EVENTS and args and isinstance(args[0], (str, bytes)) and \
             not open_allowed(args[0], "r", 0, policy["workdir"], policy["read_roots"]):
         return f"{event} {args[0]!r}"
-    if event == "import" and args and str(args[0]).split(".")[0] in DENIED_MODULES:
+    if event == "import" and args and (str(args[0]).split(".")[0] in DENIED_MODULES
+                                       or args[0] in NO_FRESH_IMPORT):
         return f"import {args[0]}"
     if event == "open" and not open_allowed(args[0], args[1] if len(args) > 1 else None,
                                             args[2] if len(args) > 2 else None, policy["workdir"],

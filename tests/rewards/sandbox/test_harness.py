@@ -23,6 +23,7 @@ PROCESS_POLICY = dict(POLICY, allow_fork=False)
     ("object.__setattr__", (None, "__module__", "x"), False),
     ("import", ("ctypes", None, [], [], []), True), ("import", ("signal", None, [], [], []), True),
     ("import", ("collections", None, [], [], []), False), ("import", ("ctypes.util", None, [], [], []), True),
+    ("import", ("posix", None, [], [], []), True), ("import", ("_imp", None, [], [], []), True),
     ("open", ("/tmp/out.txt", "w", 0), False), ("open", ("/etc/passwd", "r", 0), True),
     ("open", (os.path.join(STDLIB, "os.py"), "r", 0), False), ("open", (os.path.join(STDLIB, "os.py"), "w", 0), True),
     ("open", ("/dev/urandom", "rb", 0), False), ("open", (3, "w", 0), False),

@@ -97,9 +97,10 @@ def test_attack_is_contained(sandboxes, host, config, attack):
     if config == "default":
         assert sandbox.isolation == "namespaces"
     before = sandbox_processes()
-    program = getattr(attacks, attack).format(**host["fields"])
+    program = "print('attack started', flush=True)\n" + getattr(attacks, attack).format(**host["fields"])
     runs = sandbox.run_stdio(program, [""])
     _assert_contained(runs, host, before, sandbox)
+    assert runs[0].stdout.startswith("attack started"), runs  # the attack did run
     # judged as a stdin/stdout case expecting some other output, it scores nothing
     assert not (runs[0].status == "ok" and runs[0].stdout.strip() == "expected")
     if attack in ("INFINITE_LOOP", "FORK_BOMB"):
@@ -117,8 +118,10 @@ def test_attack_is_contained(sandboxes, host, config, attack):
 def test_tests_cannot_be_faked(sandboxes, config, attack):
     before = sandbox_processes()
     tests = attacks.TESTS_FOR.get(attack, attacks.TESTS)
-    run = sandboxes[config].run_tests(getattr(attacks, attack).format(), tests, "solve")
+    program = "print('attack started', flush=True)\n" + getattr(attacks, attack).format()
+    run = sandboxes[config].run_tests(program, tests, "solve")
     assert run.status != "sandbox_error", run
+    assert run.stdout.startswith("attack started"), run  # the attack did run
     assert not run.verified, run
     assert sandbox_processes(sandboxes[config]) - before == set()
     if attack == "PATCH_HARNESS":
