@@ -25,9 +25,11 @@ import json
 import marshal
 import os
 import select
+import shutil
 import signal
 import stat
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -52,9 +54,11 @@ def serve() -> int:
 
 def _handle(job: dict, sandbox: dict) -> dict:
     """Run ``job`` in the current sandbox (building one first if needed); an error result on failure."""
-    key = (job["isolation"], job["root"], job["uid"], job["limits"]["tmpfs_bytes"])
+    key = (job["isolation"], job["uid"], job["limits"]["tmpfs_bytes"])
     if sandbox.get("key") != key or not _alive(sandbox):
         _teardown(sandbox)
+        job = dict(job, root=tempfile.mkdtemp(prefix="aha-sandbox-"))
+        sandbox["root"] = job["root"]
         error = _build(job, sandbox)
         if error is not None:
             _teardown(sandbox)
@@ -105,8 +109,12 @@ def _build(job: dict, sandbox: dict) -> str | None:
 
 
 def _teardown(sandbox: dict) -> None:
-    """Kill the sandbox's whole session (R's; with namespaces, H's death takes every case with it)."""
-    if not sandbox:
+    """Kill the sandbox's whole session (R's; with namespaces, H's death takes every case with it), and
+    delete its folder on the host (with namespaces it is an empty mount point there)."""
+    if "pid" not in sandbox:
+        if sandbox.get("root"):
+            shutil.rmtree(sandbox["root"], ignore_errors=True)
+        sandbox.clear()
         return
     if not sandbox.get("reaped"):
         try:
@@ -116,6 +124,7 @@ def _teardown(sandbox: dict) -> None:
         os.waitpid(sandbox["pid"], 0)
     os.close(sandbox["job_fd"])
     os.close(sandbox["result_fd"])
+    shutil.rmtree(sandbox["root"], ignore_errors=True)
     sandbox.clear()
 
 

@@ -20,7 +20,6 @@ import os
 import queue
 import secrets
 import selectors
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -207,9 +206,6 @@ class _ForkServer:
         self.python = python
         self.proc: subprocess.Popen | None = None
         self._owner = os.getpid()
-        self.root: str | None = None
-        """An empty host folder: the sandbox's root mount point (with namespaces, it stays empty on the host)
-        or its working directory (without)."""
         self.uid = secrets.SystemRandom().randrange(*UID_RANGE)
 
     def request(self, payload: dict, seconds: float) -> tuple[dict | None, str]:
@@ -219,7 +215,7 @@ class _ForkServer:
         if self.proc is None or self.proc.poll() is not None:
             self.stop()
             self._start()
-        data = marshal.dumps(dict(payload, root=self.root, uid=self.uid))
+        data = marshal.dumps(dict(payload, uid=self.uid))
         try:
             self.proc.stdin.write(len(data).to_bytes(8, "big") + data)
             self.proc.stdin.flush()
@@ -229,13 +225,12 @@ class _ForkServer:
         else:
             why = f"the sandbox did not answer within {seconds:.0f} s"
         if frame is None:
-            self.stop()
+            self.stop(graceful=False)
             return None, why
         return marshal.loads(frame), ""
 
     def _start(self) -> None:
-        self.root = tempfile.mkdtemp(prefix="aha-sandbox-")
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "TMPDIR": tempfile.gettempdir()}
         self.proc = subprocess.Popen([self.python, "-I", "-S", "-B", str(SUPERVISOR)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd="/",
                                      start_new_session=True, close_fds=True)
@@ -259,15 +254,19 @@ class _ForkServer:
                 left -= len(chunk)
         return b"".join(chunks)
 
-    def stop(self) -> None:
-        """Kill the server and its process group (its sandbox dies with it: PDEATHSIG), remove its folder."""
-        if self._owner == os.getpid():
-            if self.proc is not None and self.proc.poll() is None:
+    def stop(self, graceful: bool = True) -> None:
+        """Close the server's input: it tears its sandbox down (deleting its folder) and exits; kill it if it
+        has not within a few seconds, or at once when not ``graceful`` (its sandbox dies with it: PDEATHSIG)."""
+        if self._owner == os.getpid() and self.proc is not None and self.proc.poll() is None:
+            try:
+                if not graceful:
+                    raise subprocess.TimeoutExpired(self.python, 0)
+                self.proc.stdin.close()
+                self.proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
                 _kill_session(self.proc.pid)  # not yet reaped: the group id cannot have been reused
                 self.proc.wait()
-            if self.root:
-                _remove(self.root)
-        self.proc, self.root = None, None
+        self.proc = None
 
 
 def _stop_servers(servers: queue.Queue) -> None:
@@ -303,14 +302,3 @@ def _kill_session(pid: int) -> None:
         os.killpg(pid, 9)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _remove(path: str) -> None:
-    """Delete a run's directory, whatever the program left in it (also unreadable sub-directories)."""
-    def make_writable(func, target, _exc):
-        os.chmod(os.path.dirname(target), 0o700)
-        os.chmod(target, 0o700) if os.path.isdir(target) else None
-        func(target)
-
-    if os.path.isdir(path):
-        shutil.rmtree(path, onerror=make_writable)
