@@ -10,12 +10,19 @@ picks rewards by name with weights::
     rewards:
       accuracy: 1.0                                   # weight only
       format: {weight: 0.5, requires: accuracy}       # paid only where `accuracy` is positive
+      code: {weight: 1.0, time_budget: 30}            # seconds per sample before it is given up
+
+A reward that raises, or runs past its ``time_budget``, costs the samples concerned (scored None, logged,
+counted in ``RewardResult.failures``), never the run. A reward that can tell why it could not score one
+sample (a verifier time-out, a sandbox failure) returns None for it and calls :func:`report_failure`.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -25,6 +32,16 @@ log = logging.getLogger(__name__)
 
 RewardFn = Callable[..., list]
 REWARDS: Registry = Registry("reward")
+_REPORTED: contextvars.ContextVar[list | None] = contextvars.ContextVar("aha_reward_failures", default=None)
+
+
+def report_failure(index: int, reason: str) -> None:
+    """Called by a reward that returns None for sample ``index`` because scoring it failed (not because it
+    cannot be scored by nature): logged, and counted by :func:`score`."""
+    log.warning("reward failed on sample %d: %s", index, reason)
+    reported = _REPORTED.get()
+    if reported is not None:
+        reported.append(f"sample {index}: {reason}")
 
 
 def register_reward(name: str):
@@ -50,6 +67,8 @@ class RewardTerm:
     weight: float
     requires: str | None = None
     """Label of another term; this one is paid only where that one scored > 0."""
+    time_budget: float | None = None
+    """Seconds per sample before the reward is given up on (None: no budget)."""
 
 
 @dataclass
@@ -57,6 +76,9 @@ class RewardResult:
     total: list[float | None]
     per_reward: dict[str, list[float | None]]
     failures: dict[str, int] = field(default_factory=dict)
+    """Per reward: samples it failed on (raised, timed out, or reported with :func:`report_failure`)."""
+    failure_reasons: dict[str, list[str]] = field(default_factory=dict)
+    """Per reward: why, one line per failed sample."""
 
 
 def build_rewards(spec: dict[str, Any]) -> list[RewardTerm]:
@@ -68,8 +90,11 @@ def build_rewards(spec: dict[str, Any]) -> list[RewardTerm]:
         options = dict(value) if isinstance(value, dict) else {"weight": value}
         weight = float(options.pop("weight", 1.0))
         requires = options.pop("requires", None)
+        budget = options.pop("time_budget", None)
+        if budget is not None and (not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0):
+            raise ValueError(f"rewards.{label}.time_budget must be a positive number of seconds, got {budget!r}")
         name = options.pop("reward", label)
-        terms.append(RewardTerm(label, get_reward(name, **options), weight, requires))
+        terms.append(RewardTerm(label, get_reward(name, **options), weight, requires, budget))
     labels = {t.label for t in terms}
     for term in terms:
         if term.requires is not None and term.requires not in labels:
@@ -77,32 +102,73 @@ def build_rewards(spec: dict[str, Any]) -> list[RewardTerm]:
     return terms
 
 
-def _call_safely(term: RewardTerm, completions: list[str], columns: dict[str, list]) -> tuple[list, int]:
-    """Call a reward on the batch; if it raises, retry per sample so one bad sample costs only itself."""
-    try:
-        values = list(term.fn(completions, **columns))
-        if len(values) != len(completions):
-            raise ValueError(f"returned {len(values)} values for {len(completions)} completions")
-        return values, 0
-    except Exception as err:  # a reward bug must cost samples, never the run
-        log.warning("reward %s failed on the batch (%s); scoring sample by sample", term.label, err)
-    values, failures = [], 0
-    for i, completion in enumerate(completions):
+class _TimedOut(Exception):
+    pass
+
+
+def _call(term: RewardTerm, completions: list[str], columns: dict[str, list], budget: float | None) -> list:
+    """``term.fn`` on the batch, in a helper thread when there is a time budget (a thread that runs past it
+    is abandoned: Python cannot stop it, which is why built-in rewards bound their own time)."""
+    if budget is None:
+        return _checked(term.fn(completions, **columns), len(completions))
+    outcome: dict[str, Any] = {}
+    context = contextvars.copy_context()
+
+    def target() -> None:
         try:
-            values.append(term.fn([completion], **{k: [v[i]] for k, v in columns.items()})[0])
-        except Exception as err:
-            log.warning("reward %s failed on sample %d: %s", term.label, i, err)
-            values.append(None)
-            failures += 1
-    return values, failures
+            outcome["values"] = context.run(term.fn, completions, **columns)
+        except BaseException as err:  # handed to the caller's thread
+            outcome["error"] = err
+
+    worker = threading.Thread(target=target, name=f"reward-{term.label}", daemon=True)
+    worker.start()
+    worker.join(budget)
+    if worker.is_alive():
+        raise _TimedOut(f"exceeded its time budget of {budget:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return _checked(outcome["values"], len(completions))
+
+
+def _checked(values, count: int) -> list:
+    values = list(values)
+    if len(values) != count:
+        raise ValueError(f"returned {len(values)} values for {count} completions")
+    return values
+
+
+def _call_safely(term: RewardTerm, completions: list[str], columns: dict[str, list]) -> tuple[list, list[str]]:
+    """Call a reward on the batch; if it raises or runs out of time, retry per sample so that one bad
+    sample costs only itself. Returns the values and one reason per failed sample."""
+    reported: list[str] = []
+    token = _REPORTED.set(reported)
+    try:
+        budget = None if term.time_budget is None else term.time_budget * max(len(completions), 1)
+        try:
+            return _call(term, completions, columns, budget), reported
+        except Exception as err:  # a reward bug must cost samples, never the run
+            log.warning("reward %s failed on the batch (%s); scoring sample by sample", term.label, err)
+        reported.clear()
+        values = []
+        for i, completion in enumerate(completions):
+            try:
+                values.append(_call(term, [completion], {k: [v[i]] for k, v in columns.items()}, term.time_budget)[0])
+            except Exception as err:
+                log.warning("reward %s failed on sample %d: %s", term.label, i, err)
+                values.append(None)
+                reported.append(f"sample {i}: {type(err).__name__}: {err}")
+        return values, reported
+    finally:
+        _REPORTED.reset(token)
 
 
 def score(terms: list[RewardTerm], completions: list[str], columns: dict[str, list]) -> RewardResult:
     """Weighted sum of the terms per sample; None where no term could score the sample."""
     per_reward: dict[str, list] = {}
-    failures: dict[str, int] = {}
+    reasons: dict[str, list[str]] = {}
     for term in terms:
-        per_reward[term.label], failures[term.label] = _call_safely(term, completions, columns)
+        per_reward[term.label], reasons[term.label] = _call_safely(term, completions, columns)
+    failures = {label: len(why) for label, why in reasons.items()}
     total: list[float | None] = []
     for i in range(len(completions)):
         value, scored = 0.0, False
@@ -117,4 +183,4 @@ def score(terms: list[RewardTerm], completions: list[str], columns: dict[str, li
             value += term.weight * float(r)
             scored = True
         total.append(value if scored else None)
-    return RewardResult(total, per_reward, failures)
+    return RewardResult(total, per_reward, failures, reasons)

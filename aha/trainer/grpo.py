@@ -146,6 +146,7 @@ class GRPOTrainer:
         completions = [g.text for g in generations]
         keys = sorted({k for ex in examples for k in ex})
         columns = {k: [ex.get(k) for ex in examples for _ in range(c.group_size)] for k in keys}
+        columns["completion_ids"] = [g.token_ids for g in generations]  # token lengths for length rewards
         scored = score(self.rewards, completions, columns)
         rewards = _fill_unscored(scored.total, c.group_size)  # [N]
         advantages = compute_advantages(rewards, c.group_size, c.advantage_scale)  # [N]
