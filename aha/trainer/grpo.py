@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import transformers
 from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from transformers import get_scheduler
 
 from aha.algorithms import compute_advantages, micro_batch_weight, policy_loss, token_entropy, token_logprobs
@@ -110,24 +112,27 @@ class GRPOTrainer:
         before = self.evaluate(0, "before") if c.eval_before and start == 0 and c.eval_size else None
         step, last_saved = start, start
         self.console.log(f"run directory: {self.run_dir}  (steps {start}..{c.max_steps})")
-        while step < c.max_steps:
-            t0 = time.perf_counter()
-            result = self.train_step(step)
-            step += 1
-            self.train_seconds += time.perf_counter() - t0
-            self._maybe_sync_reference(step)
-            self.metrics_log.write({"step": step, **result.metrics})
-            for sample in result.samples:
-                self.samples_log.write({"step": step, **sample})
-            self._print_step(step, result.metrics)
-            if c.save_steps and step % c.save_steps == 0:
-                self.save(step)
-                last_saved = step
-            if c.eval_steps and step % c.eval_steps == 0 and step < c.max_steps:
-                self.evaluate(step, f"step {step}")
-            if c.max_train_minutes and self.train_seconds > 60 * c.max_train_minutes:
-                self.console.log(f"max_train_minutes={c.max_train_minutes} reached after step {step}")
-                break
+        with self._progress() as progress:
+            bar = progress.add_task("train", total=c.max_steps, completed=start, status="")
+            while step < c.max_steps:
+                t0 = time.perf_counter()
+                result = self.train_step(step)
+                step += 1
+                self.train_seconds += time.perf_counter() - t0
+                self._maybe_sync_reference(step)
+                self.metrics_log.write({"step": step, **result.metrics})
+                for sample in result.samples:
+                    self.samples_log.write({"step": step, **sample})
+                self._print_step(step, result.metrics)
+                progress.update(bar, advance=1, status=f"reward {result.metrics['reward']:.3f}")
+                if c.save_steps and step % c.save_steps == 0:
+                    self.save(step)
+                    last_saved = step
+                if c.eval_steps and step % c.eval_steps == 0 and step < c.max_steps:
+                    self.evaluate(step, f"step {step}")
+                if c.max_train_minutes and self.train_seconds > 60 * c.max_train_minutes:
+                    self.console.log(f"max_train_minutes={c.max_train_minutes} reached after step {step}")
+                    break
         if last_saved != step:
             self.save(step)
         after = self.evaluate(step, "after") if c.eval_size else None
@@ -311,6 +316,12 @@ class GRPOTrainer:
         c = self.config
         if self.reference is not None and c.ref_sync_steps and step % c.ref_sync_steps == 0:
             self.reference.load_state_dict(self.model.state_dict())
+
+    def _progress(self) -> Progress:
+        """A progress bar on a terminal (step, reward, time left); plain log lines elsewhere."""
+        return Progress(TextColumn("[bold]GRPO"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=self.console,
+                        disable=not self.console.is_terminal)
 
     def _print_step(self, step: int, m: dict[str, Any]) -> None:
         acc = m.get("reward/accuracy")
