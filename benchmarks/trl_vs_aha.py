@@ -35,7 +35,7 @@ def run_aha(args, out: Path) -> dict:
     run_dir = out / "aha"
     cmd = [sys.executable, "-m", "aha", "train", f"output_dir={run_dir}", f"max_train_minutes={args.minutes}",
            f"eval_size={args.eval_size}", f"task_options={json.dumps(TASK_OPTIONS)}", f"seed={args.seed}",
-           "save_steps=0"]
+           "max_completion_length=32", "save_steps=0"]
     start = time.time()
     subprocess.run(cmd, check=True)
     summary = json.loads((run_dir / "summary.json").read_text())
