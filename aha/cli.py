@@ -36,6 +36,16 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot(args: argparse.Namespace) -> int:
+    from aha.analysis import plot_run
+
+    try:
+        print(plot_run(args.run_dir, args.out))
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aha", description="Reasoning from reinforcement learning with verifiable rewards (the DeepSeek-R1 "
@@ -52,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("settings", nargs="*", metavar="RECIPE.yaml | key=value",
                        help="an optional YAML recipe, then field overrides")
     train.set_defaults(func=_train)
+    plot = sub.add_parser("plot", help="draw a run's training curves (reward, accuracy, format, length) to a PNG")
+    plot.add_argument("run_dir", help="a run directory (holds metrics.jsonl)")
+    plot.add_argument("--out", help="the PNG to write (default: RUN_DIR/curves.png)")
+    plot.set_defaults(func=_plot)
     return parser
 
 
