@@ -68,7 +68,8 @@ def trl_child(args, out: Path) -> None:
     model, tokenizer = load_model("smollm2-135m-instruct")
     builder = PromptBuilder(tokenizer, "r1-zero", prefill="<think>")
     task = make_task("chain_sum", TASK_OPTIONS, args.eval_size, args.seed)
-    before = evaluate_heldout(HFBackend(model, tokenizer), builder, task.eval_examples(), 32).metrics()
+    stop = ("</answer>",)  # what aha's evaluation stops at: the same grading for both
+    before = evaluate_heldout(HFBackend(model, tokenizer), builder, task.eval_examples(), 32, stop).metrics()
     rows = [{"prompt": builder.build(ex["question"]), "answer": ex["answer"]}
             for ex in (task.example(i) for i in range(4000))]
 
@@ -96,7 +97,8 @@ def trl_child(args, out: Path) -> None:
                           args=config, train_dataset=Dataset.from_list(rows), callbacks=[budget])
     trainer.train()
     train_s = time.time() - budget.start
-    after = evaluate_heldout(HFBackend(trainer.model, tokenizer), builder, task.eval_examples(), 32).metrics()
+    after = evaluate_heldout(HFBackend(trainer.model, tokenizer), builder, task.eval_examples(), 32, stop).metrics()
+    trainer.save_model(str(out / "trl" / "final"))
     result = {"steps": trainer.state.global_step, "train_s": train_s, "before": before, "after": after,
               "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
               "log": trainer.state.log_history}
@@ -129,13 +131,13 @@ def main() -> None:
         trl_child(args, out)
         return
     out.mkdir(parents=True, exist_ok=True)
-    results = {}
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if args.only and results_path.exists() else {}
     if args.only != "trl":
         results["aha (default recipe)"] = run_aha(args, out)
     if args.only != "aha":
         results["TRL 1.16 GRPOTrainer"] = run_trl(args, out)
-    results_path = out / "results.json"
-    (results_path).write_text(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "log"}
+    results_path.write_text(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "log"}
                                           for k, v in results.items()}, indent=2))
     print(f"\n{os.uname().machine}, {os.cpu_count()} cores, budget {args.minutes} min of training each\n")
     print(table(results))
