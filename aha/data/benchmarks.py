@@ -170,7 +170,7 @@ def _problems(benchmark: Benchmark, loaded: LoadResult, limit: int, on_error: On
             skipped.append(message)
             continue
         problem = dict(record)
-        problem["question"] = benchmark.template.format(question=record["question"])
+        problem["question"] = benchmark.template.replace("{question}", record["question"])
         problem["answer"] = gold
         problems.append(problem)
     if not problems:

