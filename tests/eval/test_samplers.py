@@ -67,3 +67,18 @@ def test_chat_mode_sends_messages(shared_data, tmp_path):
     assert server.requests[0]["messages"] == [{"role": "user",
                                                "content": question + " Put the final answer in \\boxed{}."}]
     assert results["benchmarks"]["gsm8k"]["pass@1"] == 1.0
+
+
+def test_a_run_directory_is_evaluated_from_its_latest_checkpoint(shared_data, tmp_path):
+    from aha.models import load_model, save_hf_folder
+
+    model, tokenizer = load_model("tiny:llama", seed=3)
+    checkpoint = tmp_path / "runs" / "x" / "checkpoints" / "step-000004"
+    save_hf_folder(model, tokenizer, checkpoint / "model")
+    (checkpoint / "trainer_state.pt").write_bytes(b"")
+    config = EvalConfig(model=str(tmp_path / "runs" / "x"), benchmarks=["amc23"], limit=2, k=1, temperature=0.0,
+                        max_new_tokens=4, prompt="plain", data_dir=str(shared_data), output=str(tmp_path / "out"),
+                        grader_workers=0)
+    results = evaluate(config)
+    assert results["model_path"] == str(checkpoint / "model")
+    assert results["benchmarks"]["amc23"]["samples"] == 2
