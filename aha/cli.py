@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import sys
+import typing
+from typing import Any
 
-from aha.config import ConfigError, GRPOConfig, describe_fields, load_config
+from aha.config import ConfigError, GRPOConfig, describe_fields, field_docs, load_config
 
 
 def _split_recipe(args: list[str]) -> tuple[str | None, list[str]]:
@@ -46,6 +50,68 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One ``--flag`` per field of a config dataclass, documented by the field's docstring."""
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        text = f"{docs.get(f.name, '')} (default: {default!r})".replace("%", "%%")
+        if typing.get_type_hints(cls)[f.name] is bool:
+            parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=text)
+        else:
+            parser.add_argument(_flag(f.name), dest=f.name, default=argparse.SUPPRESS, metavar=f.name.upper(), help=text)
+
+
+def flag_overrides(cls: type, values: dict[str, Any]) -> list[str]:
+    """Given flag values -> ``key=value`` overrides that :func:`aha.config.load_config` reads exactly:
+    text stays text, ``a=b c=d`` is a mapping, ``1,8`` a list."""
+    from aha.data.records import parse_field_map
+
+    hints = typing.get_type_hints(cls)
+    overrides = []
+    for name, raw in values.items():
+        tp, origin = hints[name], typing.get_origin(hints[name])
+        if isinstance(raw, bool) or tp in (int, float):
+            value = raw
+        elif origin is dict:
+            value = json.dumps(parse_field_map(raw))
+        elif origin is list:
+            (item,) = typing.get_args(tp)
+            items = [v.strip() for v in raw.split(",") if v.strip()]
+            try:
+                value = json.dumps([item(v) for v in items])
+            except ValueError:
+                raise ConfigError(f"{_flag(name)}: expected a comma-separated list of {item.__name__}, got {raw!r}")
+        else:
+            value = json.dumps(raw)
+        overrides.append(f"{name}={str(value).lower() if isinstance(value, bool) else value}")
+    return overrides
+
+
+def eval_config(args: argparse.Namespace):
+    """The EvalConfig of ``aha eval`` arguments: defaults, then --config FILE.yaml, then the flags given."""
+    from aha.eval.config import EvalConfig
+
+    values = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(EvalConfig)}}
+    if args.model_arg:
+        values["model"] = args.model_arg
+    return load_config(EvalConfig, args.config, flag_overrides(EvalConfig, values))
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from aha.eval.runner import evaluate
+
+    evaluate(eval_config(args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aha", description="Reasoning from reinforcement learning with verifiable rewards (the DeepSeek-R1 "
@@ -66,7 +132,106 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dir", help="a run directory (holds metrics.jsonl)")
     plot.add_argument("--out", help="the PNG to write (default: RUN_DIR/curves.png)")
     plot.set_defaults(func=_plot)
+    _add_eval(sub)
+    _add_data(sub)
     return parser
+
+
+def _load_source(source: str, field_map: str | None, on_error: str, required=("question",)):
+    """(raw rows, validated records) of a dataset source, for the ``aha data`` commands."""
+    from aha.data.readers import read_rows
+    from aha.data.records import collect_records, parse_field_map
+
+    rows = list(read_rows(source))
+    loaded = collect_records(rows, source, parse_field_map(field_map), required, on_error)
+    return rows, loaded
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    _, loaded = _load_source(args.source, args.field_map, args.on_error, ("question", "answer"))
+    print(f"{args.source}: {len(loaded.records)} usable records, {len(loaded.skipped)} skipped")
+    for message in loaded.skipped[: args.show]:
+        print(f"  {message}")
+    return 0
+
+
+def _data_decontaminate(args: argparse.Namespace) -> int:
+    from aha.data.benchmarks import BENCHMARKS, load_benchmark
+    from aha.data.decontaminate import find_contamination, without_rows
+
+    rows, loaded = _load_source(args.train, args.field_map, args.on_error)
+    if loaded.skipped:
+        print(f"{args.train}: skipped {len(loaded.skipped)} malformed rows; the first: {loaded.skipped[0]}")
+    names = [n for n in args.benchmarks.split(",") if n] if args.benchmarks != "all" else \
+        [name for name, b in BENCHMARKS.items() if b.file]
+    benchmarks = {name: [p["question"] for p in load_benchmark(name, args.data_dir).problems] for name in names}
+    report = find_contamination([r["question"] for r in loaded.records], benchmarks, args.ngram)
+    print(f"{args.train}: {len(report.contaminated_rows)} of {report.train_rows} training rows share a "
+          f"{args.ngram}-gram with a benchmark question")
+    for name, counts in report.per_benchmark().items():
+        print(f"  {name:<14} {counts['problems_seen_in_training']:>5} of {counts['problems']:>5} problems seen in "
+              f"training, {counts['training_rows']} training rows")
+    for match in report.matches[: args.show]:
+        print(f"  training row {match.train_index + 1} ~ {match.benchmark} problem {match.problem_index + 1}: "
+              f"\"{match.ngram}\"")
+    if args.output:
+        usable = [raw.row for raw in rows if raw.row is not None and raw.problem is None]
+        if len(usable) != len(loaded.records):
+            raise ConfigError("--output needs every training row to be valid (the skipped rows would be dropped "
+                              "silently); fix them, or run `aha data check` to list them")
+        kept = without_rows(usable, report.contaminated_rows)
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
+        print(f"wrote {len(kept)} rows to {args.output}")
+    return 0
+
+
+def _add_data(sub) -> None:
+    data = sub.add_parser("data", help="check datasets; n-gram decontamination against the benchmarks")
+    data_sub = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--field-map", metavar="MAP", help="ours=theirs pairs, e.g. 'question=problem answer=answer' "
+                                                             "or composite 'question=Body+Question'")
+    common.add_argument("--on-error", choices=["raise", "skip"], default="raise",
+                        help="a malformed row: stop with file:line (raise) or skip and count it")
+    common.add_argument("--show", type=int, default=10, help="how many problems or matches to list")
+    check = data_sub.add_parser("check", parents=[common], help="validate a dataset (file, folder or hub name)",
+                                description="Validate every row of a dataset up front and report file:line problems.")
+    check.add_argument("source", help="a .jsonl/.json/.csv/.parquet file, a folder of them, or a hub dataset name")
+    check.set_defaults(func=_data_check)
+    decon = data_sub.add_parser(
+        "decontaminate", parents=[common], help="find training rows that share word n-grams with benchmark questions",
+        description="Report the training questions that share a word n-gram with a benchmark question (lower-cased "
+                    "words; a question shorter than n words is one n-gram), and optionally write the training set "
+                    "without them.")
+    decon.add_argument("train", help="the training set (file, folder or hub name) with a question field")
+    decon.add_argument("--benchmarks", default="all", help="comma-separated benchmark names (default: every math "
+                                                           "benchmark)")
+    decon.add_argument("--data-dir", help="folder holding the benchmark files (default $AHA_DATA_DIR, ./data, ...)")
+    decon.add_argument("--ngram", type=int, default=8, help="n of the word n-grams (default 8)")
+    decon.add_argument("--output", metavar="CLEAN.jsonl", help="write the training rows that are not contaminated")
+    decon.set_defaults(func=_data_decontaminate)
+
+
+def _add_eval(sub) -> None:
+    from aha.eval.config import EvalConfig
+
+    ev = sub.add_parser(
+        "eval", help="evaluate a model on benchmarks: pass@1 over k samples, pass@k, cons@k",
+        description="Sample k responses per problem, grade them with the training rewards, and report pass@1 "
+                    "(mean correctness over the k samples), pass@k (unbiased estimator) and cons@k (majority vote "
+                    "over equivalent answers), with response length, truncation and format rates. Writes "
+                    "results.json and samples.jsonl to --output; running again with the same --output resumes.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  aha eval smollm2-135m-instruct --benchmarks gsm8k --k 1 --temperature 0 --prompt chat "
+               "--limit 100 --output runs/eval-gsm8k\n  aha eval runs/zero --benchmarks math500,aime24 --k 64 "
+               "--output runs/zero/eval\n  aha eval my-model --api-base http://127.0.0.1:8000/v1 --benchmarks aime24 "
+               "--k 16 --output runs/eval-server")
+    ev.add_argument("model_arg", nargs="?", metavar="MODEL",
+                    help="HF folder or hub id, run directory, checkpoint, .gguf file, or the served model name")
+    ev.add_argument("--config", metavar="FILE.yaml", help="a YAML file of the fields below; flags override it")
+    add_config_flags(ev, EvalConfig, skip=("model",))
+    ev.set_defaults(func=_eval)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,9 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from aha.data.readers import DataError
+
     try:
         return args.func(args)
-    except ConfigError as err:
+    except (ConfigError, DataError) as err:
         print(f"aha: error: {err}", file=sys.stderr)
         return 2
 

