@@ -10,7 +10,7 @@ import sys
 import typing
 from typing import Any
 
-from aha.config import ConfigError, GRPOConfig, describe_fields, field_docs, load_config
+from aha.config import ConfigError, GRPOConfig, describe_fields, field_docs, is_text_type, load_config
 
 
 def _split_recipe(args: list[str]) -> tuple[str | None, list[str]]:
@@ -89,6 +89,8 @@ def flag_overrides(cls: type, values: dict[str, Any]) -> list[str]:
                 value = json.dumps([item(v) for v in items])
             except ValueError:
                 raise ConfigError(f"{_flag(name)}: expected a comma-separated list of {item.__name__}, got {raw!r}")
+        elif is_text_type(tp):
+            value = raw  # text fields take the override as written
         else:
             value = json.dumps(raw)
         overrides.append(f"{name}={str(value).lower() if isinstance(value, bool) else value}")

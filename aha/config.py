@@ -119,7 +119,7 @@ def _unknown(cls: type, key: str, where: str) -> ConfigError:
     return ConfigError(f"{where}: unknown field {key!r} for {cls.__name__}{hint}")
 
 
-def _is_text(tp: Any) -> bool:
+def is_text_type(tp: Any) -> bool:
     """A str field, or an Optional[str] one."""
     if tp is str:
         return True
@@ -134,7 +134,7 @@ def parse_override(text: str, tp: Any = Any) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r}: expected key=value")
     key, raw = text.split("=", 1)
     key = key.strip()
-    if _is_text(tp):
+    if is_text_type(tp):
         return key, None if tp is not str and raw.strip() in ("null", "None", "~") else raw
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""

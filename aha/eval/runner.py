@@ -70,7 +70,7 @@ def plan_batches(datasets: list[BenchmarkData], store: SampleStore, k: int, batc
 def grade_spec(data: BenchmarkData, config: EvalConfig) -> GradeSpec:
     if data.benchmark.reward == "accuracy":
         return math_spec(config.fallback_last_number)
-    return GradeSpec(data.benchmark.reward, (), config.fallback_last_number)
+    return GradeSpec(data.benchmark.reward, data.benchmark.reward_options, config.fallback_last_number)
 
 
 def prepare_output(config: EvalConfig) -> Path:

@@ -60,10 +60,13 @@ def test_numeric_golds_match_plain_numbers_as_models_write_them(shared_data):
 
 
 def test_gsm8k_gold_with_thousands_separator(shared_data):
-    problems = load_benchmark("gsm8k", shared_data).problems
-    with_comma = next(p for p in problems if "," in p["answer"])
-    plain = with_comma["answer"].replace(",", "")
-    assert get_reward("accuracy")([f"<answer>{plain}</answer>"], answer=[with_comma["answer"]]) == [1.0]
+    import json
+
+    raw = [json.loads(line) for line in (shared_data / "gsm8k.jsonl").read_text().splitlines()]
+    index = next(i for i, row in enumerate(raw) if "," in row["answer"].rsplit("####", 1)[1])
+    plain = raw[index]["answer"].rsplit("####", 1)[1].strip().replace(",", "")
+    assert get_reward("accuracy")([f"<answer>{plain}</answer>"], answer=[raw[index]["answer"]]) == [1.0]
+    assert load_benchmark("gsm8k", shared_data, limit=index + 1).problems[index]["answer"] == plain
 
 
 def test_asdiv_units_are_dropped_but_text_answers_stay():

