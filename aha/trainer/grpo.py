@@ -167,6 +167,8 @@ class GRPOTrainer:
         metrics: dict[str, Any] = {
             "reward": float(rewards.mean()), "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
             **{f"reward/{k}": mean([v for v in vals if v is not None]) for k, vals in scored.per_reward.items()},
+            **{f"reward_std/{k}": std([v for v in vals if v is not None]) for k, vals in scored.per_reward.items()},
+            **{f"reward_failures/{k}": scored.failures.get(k, 0) for k in scored.per_reward},
             "format_rate": mean([float(f) for f in formatted]),
             "completion_length": mean(lengths), "completion_length_max": max(lengths),
             "truncated_rate": mean([float(g.finish_reason == "length") for g in generations]),

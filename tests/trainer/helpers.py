@@ -27,6 +27,18 @@ if "last_char_code" not in REWARDS:
         return reward
 
 
+if "always_raises" not in REWARDS:
+
+    @register_reward("always_raises")
+    def always_raises():
+        """A broken reward: raises on every call."""
+
+        def reward(completions, **columns):
+            raise RuntimeError("broken reward")
+
+        return reward
+
+
 def tiny_task(n: int = 16) -> RecordsTask:
     records = [{"question": f"{i} + {i} =", "answer": str(2 * i)} for i in range(n)]
     return RecordsTask(records, records[:4], seed=0, name="tiny")

@@ -40,6 +40,16 @@ def test_a_few_steps_change_the_parameters_and_write_the_run_dir(tmp_path):
         assert key in metrics
 
 
+def test_a_reward_that_raises_costs_its_samples_and_is_counted_never_the_run(tmp_path):
+    trainer = make(tmp_path, max_steps=1, rewards="{digit_share: 1.0, always_raises: 0.5}")
+    trainer.train()
+    metrics = read_metrics(trainer)[0]
+    assert metrics["reward_failures/always_raises"] == 16  # 4 prompts x 4 samples, each retried alone
+    assert metrics["reward_failures/digit_share"] == 0
+    assert metrics["reward_failures"] == 16 and metrics["unscored"] == 0  # digit_share still scores them all
+    assert metrics["reward_std/digit_share"] >= 0.0
+
+
 def test_reward_goes_up_on_a_trivially_learnable_task(tmp_path):
     trainer = make(tmp_path, max_steps=30, prompts_per_step=4, group_size=8)
     trainer.train()
