@@ -103,23 +103,34 @@ def _mirror(root: str, path: str) -> None:
     _bind_readonly(path, target)
 
 
-def visible_paths(python_prefix: str, harness_dir: str) -> list[str]:
-    """Host paths the sandbox sees, read-only: the Python installation, the system libraries and the
-    folder of the harness that each sandboxed interpreter starts with."""
+HARNESS_MOUNT = "/.aha-harness"
+"""Where the harness's folder appears inside the sandbox (wherever the package is installed on the host,
+a checkout under /tmp included)."""
+
+
+def visible_paths(python_prefix: str) -> list[str]:
+    """Host paths the sandbox sees at the same place, read-only: the Python installation and the system
+    libraries."""
     paths = ["/usr", "/bin", "/lib", "/lib64", "/lib32", "/libx32", "/etc/ld.so.cache", "/etc/localtime"]
-    for extra in (os.path.realpath(python_prefix), os.path.realpath(harness_dir)):
-        if not any(extra == p or extra.startswith(p + "/") for p in paths):
-            paths.append(extra)
+    prefix = os.path.realpath(python_prefix)
+    if prefix == "/tmp" or prefix.startswith("/tmp/"):
+        raise OSError(f"the Python installation is under /tmp ({prefix}), where the sandbox has its own "
+                      "working directory")
+    if not any(prefix == p or prefix.startswith(p + "/") for p in paths):
+        paths.append(prefix)
     return [p for p in paths if os.path.lexists(p)]
 
 
 def build_root(root: str, python_prefix: str, stdlib: str, harness_dir: str, tmpfs_bytes: int,
                owner: tuple[int, int]) -> None:
-    """Turn the empty host directory ``root`` into the process's whole file system (see module doc)."""
+    """Turn the empty host directory ``root`` into the process's whole file system (see module doc); the
+    harness's folder appears at ``HARNESS_MOUNT``."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=8m,mode=0755")
-    for path in visible_paths(python_prefix, harness_dir):
+    for path in visible_paths(python_prefix):
         _mirror(root, path)
+    os.makedirs(root + HARNESS_MOUNT)
+    _bind_readonly(os.path.realpath(harness_dir), root + HARNESS_MOUNT)
     _hide_modules(root, os.path.join(stdlib, "lib-dynload"))
     _hide_packages(root, stdlib)
     os.makedirs(root + "/dev")

@@ -153,7 +153,8 @@ def _start_runner(job: dict, namespaces: bool) -> int:
     """P (or R without namespaces): build the file system view, drop privileges, execute H."""
     try:
         settings = _prepare(job, namespaces)
-        boot = f"import sys; sys.path.insert(0, {HERE!r}); import _cases; _cases.main()"
+        harness = _isolate.HARNESS_MOUNT if namespaces else HERE
+        boot = f"import sys; sys.path.insert(0, {harness!r}); import _cases; _cases.main()"
         env = {"PATH": "/usr/bin:/bin", "HOME": settings["workdir"], "TMPDIR": settings["workdir"],
                "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
         os.execve(sys.executable, [sys.executable, "-I", "-S", "-B", "-c", boot, json.dumps(settings)], env)

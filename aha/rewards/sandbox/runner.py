@@ -153,6 +153,11 @@ class Sandbox:
             if not _setup_failed(runs):
                 self._isolation = "namespaces"
                 return runs
+            if not self.python_guards:  # process isolation without the guards contains nothing: never that
+                self._isolation = "namespaces"
+                log.error("sandbox: kernel namespaces are unavailable (%s) and python_guards=False; every run "
+                          "is refused", runs[0].stderr)
+                return runs
             log.warning("sandbox: kernel namespaces are unavailable (%s); falling back to process isolation "
                         "(resource limits and Python-level guards only)", runs[0].stderr)
             self._isolation = "process"

@@ -94,7 +94,7 @@ def test_attack_is_contained(sandboxes, host, config, attack):
     if config == "kernel_only" and attack in KERNEL_ONLY_SKIP:
         pytest.skip("resource limits do not depend on the Python guards")
     sandbox = sandboxes[config]
-    if config == "default":
+    if config in ("default", "kernel_only"):
         assert sandbox.isolation == "namespaces"
     before = sandbox_processes()
     program = "print('attack started', flush=True)\n" + getattr(attacks, attack).format(**host["fields"])
@@ -272,3 +272,40 @@ def test_a_forked_process_gets_its_own_workers(sandboxes):
     with multiprocessing.get_context("fork").Pool(1) as pool:
         assert pool.apply_async(_map_in_child).get(timeout=60) == ["7\n"] * 3
     assert sandbox.run_stdio("print(8)", [""])[0].stdout == "8\n"  # the parent's are untouched
+
+
+def test_a_package_installed_under_tmp_keeps_the_namespaces(tmp_path, monkeypatch):
+    """A checkout (or virtual environment) under /tmp: the harness's folder must not collide with the
+    sandbox's own /tmp, and the working directory must still start empty."""
+    import shutil
+
+    from aha.rewards.sandbox import runner
+
+    if not str(tmp_path.resolve()).startswith("/tmp/"):
+        pytest.skip("the temporary folder is not under /tmp here")
+    copy = tmp_path / "checkout" / "sandbox"
+    shutil.copytree(runner.SUPERVISOR.parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    copy.chmod(0o755)
+    monkeypatch.setattr(runner, "SUPERVISOR", copy / "_supervisor.py")
+    sandbox = Sandbox(LIMITS, workers=1, isolation="namespaces")
+    try:
+        [run] = sandbox.run_stdio("import os\nprint(int(input()) + 1, sorted(os.listdir('.')))", ["41"])
+    finally:
+        sandbox.close()
+    assert (run.status, run.stdout) == ("ok", "42 []\n"), run
+
+
+def test_without_namespaces_unguarded_runs_are_refused_not_run_bare(monkeypatch):
+    """python_guards=False means the kernel layer alone; where namespaces fail, runs must not fall back to
+    process isolation without the guards (nothing would contain them)."""
+    from aha.rewards.sandbox import runner
+
+    monkeypatch.setattr(runner, "_setup_failed", lambda runs: True)  # as if namespaces had failed
+    sandbox = Sandbox(LIMITS, workers=1, python_guards=False)
+    try:
+        sandbox.run_stdio("print(1)", [""])
+        assert sandbox.isolation == "namespaces"
+        sandbox.run_stdio("print(2)", [""])
+        assert sandbox.isolation == "namespaces"
+    finally:
+        sandbox.close()
