@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from aha.rewards import get_reward
 from aha.rewards.math import extract_answer, normalise_gold
 from aha.rewards.verifier import plain_number
-
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from tests.data.conftest import SHARED_DATA as DATA
 
 # (completion's answer, gold as the dataset stores it, equal?)
 PAIRS = [
