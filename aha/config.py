@@ -119,6 +119,16 @@ def _unknown(cls: type, key: str, where: str) -> ConfigError:
     return ConfigError(f"{where}: unknown field {key!r} for {cls.__name__}{hint}")
 
 
+def _canonical(cls: type, key: Any, given: dict, where: str) -> Any:
+    """The field a key names: itself, or the field it is a short alias of (``lr`` -> ``learning_rate``)."""
+    target = getattr(cls, "aliases", {}).get(key)
+    if target is None:
+        return key
+    if target in given:
+        raise ConfigError(f"{where}: {key!r} and {target!r} are the same field; give one")
+    return target
+
+
 def is_text_type(tp: Any) -> bool:
     """A str field, or an Optional[str] one."""
     if tp is str:
@@ -175,13 +185,16 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a recipe must be a mapping of field: value, got {type(data).__name__}")
         lines = _key_lines(text)
-        for key, value in data.items():
-            where = f"{path}:{lines.get(key, '?')}: {key}"
+        for given, value in data.items():
+            key = _canonical(cls, given, data, f"{path}:{lines.get(given, '?')}")
+            where = f"{path}:{lines.get(given, '?')}: {given}"
             if key not in hints:
-                raise _unknown(cls, key, f"{path}:{lines.get(key, '?')}")
+                raise _unknown(cls, key, f"{path}:{lines.get(given, '?')}")
             values[key] = _coerce(value, hints[key], where)
     for text in overrides or []:
-        key, value = parse_override(text, hints.get(text.split("=", 1)[0].strip(), Any))
+        name = text.split("=", 1)[0].strip()
+        key, value = parse_override(text, hints.get(getattr(cls, "aliases", {}).get(name, name), Any))
+        key = _canonical(cls, key, {}, f"override {text!r}")
         if key not in hints:
             raise _unknown(cls, key, f"override {text!r}")
         values[key] = _coerce(value, hints[key], f"override {key}")
@@ -216,11 +229,13 @@ def describe_fields(cls: type) -> str:
     """Help text listing every field with its type, default and docstring."""
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
+    short = {target: alias for alias, target in getattr(cls, "aliases", {}).items()}
     out = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        out.append(f"  {f.name} ({_type_name(hints[f.name])}, default {default!r})")
+        alias = f", or {short[f.name]}" if f.name in short else ""
+        out.append(f"  {f.name} ({_type_name(hints[f.name])}, default {default!r}{alias})")
         if f.name in docs:
             out.extend("      " + line for line in textwrap.wrap(docs[f.name], 92))
     return "\n".join(out)
@@ -231,6 +246,7 @@ class GRPOConfig:
     """R1-Zero reinforcement learning with GRPO (and its variants) on verifiable rewards."""
 
     command: typing.ClassVar[str] = "train"
+    aliases: typing.ClassVar[dict[str, str]] = {"lr": "learning_rate"}
 
     # --- model -------------------------------------------------------------------------------------
     model: str = "smollm2-135m-instruct"

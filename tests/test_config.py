@@ -20,6 +20,18 @@ def test_yaml_then_overrides_with_types(tmp_path):
     assert config.eval_dataset is None
 
 
+def test_lr_is_short_for_learning_rate(tmp_path):
+    config = load_config(GRPOConfig, None, ["lr=1e-5", "group_size=8"])  # as users write it
+    assert config.learning_rate == 1e-5 and config.group_size == 8
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("lr: 2.0e-5\n")
+    assert load_config(GRPOConfig, recipe, ["lr=3e-5"]).learning_rate == 3e-5  # the override wins
+    recipe.write_text("group_size: 4\nlr: 2.0e-5\nlearning_rate: 1.0e-5\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml:2: 'lr' and 'learning_rate' are the same field; give one"):
+        load_config(GRPOConfig, recipe)
+    assert "learning_rate (float, default 1e-05, or lr)" in describe_fields(GRPOConfig)
+
+
 def test_unknown_key_in_a_file_names_file_line_and_suggests(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("group_size: 4\n\nlearning_rat: 1e-5\n")
