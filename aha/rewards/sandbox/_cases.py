@@ -11,7 +11,6 @@ reads C's output from memory files that C cannot see once it has exited.
 from __future__ import annotations
 
 import json
-import marshal
 import os
 import resource
 import select
@@ -20,6 +19,7 @@ import sys
 import time
 
 import _harness
+from _frames import read_frame as _read_frame, write_frame as _write_frame
 
 JOB_FD, RESULT_FD = 3, 4
 MAX_FD = 1024
@@ -42,29 +42,6 @@ def main() -> None:
             return
         cases = [run_case(job, case, settings) for case in job["cases"]]
         _write_frame(RESULT_FD, {"error": None, "cases": cases, "warnings": settings.get("warnings", [])})
-
-
-def _read_frame(fd: int) -> dict | None:
-    header = _read_exactly(fd, 8)
-    return None if header is None else marshal.loads(_read_exactly(fd, int.from_bytes(header, "big")) or b"")
-
-
-def _read_exactly(fd: int, size: int) -> bytes | None:
-    chunks, left = [], size
-    while left:
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-def _write_frame(fd: int, message: dict) -> None:
-    data = marshal.dumps(message)
-    view = memoryview(len(data).to_bytes(8, "big") + data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _memfd(name: str, data: bytes = b"") -> int:

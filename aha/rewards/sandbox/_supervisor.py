@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import fcntl
 import json
-import marshal
 import os
-import select
 import shutil
 import signal
 import stat
@@ -36,6 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import _isolate  # noqa: E402
+from _frames import read_frame as _read_frame, write_frame as _write_frame  # noqa: E402
 
 JOB_FD, RESULT_FD = 3, 4
 STARTUP_SECONDS = 30.0
@@ -202,39 +201,6 @@ def _others_can_read(path: str) -> bool:
 def _fail(reason: str) -> int:
     _write_frame(RESULT_FD, {"error": reason})
     return 3
-
-
-def _read_frame(fd: int, deadline: float | None = None) -> dict | None:
-    header = _read_exactly(fd, 8, deadline)
-    if header is None:
-        return None
-    body = _read_exactly(fd, int.from_bytes(header, "big"), deadline)
-    return None if body is None else marshal.loads(body)
-
-
-def _read_exactly(fd: int, size: int, deadline: float | None) -> bytes | None:
-    """``size`` bytes from ``fd``; None at end of file or past ``deadline`` (a monotonic time)."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    chunks, left = [], size
-    while left:
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not poller.poll(int(remaining * 1000) + 1):
-                return None
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-def _write_frame(fd: int, message: dict) -> None:
-    data = marshal.dumps(message)
-    view = memoryview(len(data).to_bytes(8, "big") + data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 if __name__ == "__main__":

@@ -15,11 +15,9 @@ core.
 from __future__ import annotations
 
 import logging
-import marshal
 import os
 import queue
 import secrets
-import selectors
 import subprocess
 import sys
 import tempfile
@@ -30,6 +28,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+try:
+    from ._frames import read_frame, write_frame
+except ImportError:  # this file loaded by its path alone: the folder needs nothing but the standard library
+    import importlib.util
+
+    _spec = importlib.util.spec_from_file_location("_aha_sandbox_frames", Path(__file__).with_name("_frames.py"))
+    _frames = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_frames)
+    read_frame, write_frame = _frames.read_frame, _frames.write_frame
 
 log = logging.getLogger(__name__)
 
@@ -220,11 +227,9 @@ class _ForkServer:
         if self.proc is None or self.proc.poll() is not None:
             self.stop()
             self._start()
-        data = marshal.dumps(dict(payload, uid=self.uid))
         try:
-            self.proc.stdin.write(len(data).to_bytes(8, "big") + data)
-            self.proc.stdin.flush()
-            frame = self._read_frame(time.monotonic() + seconds)
+            write_frame(self.proc.stdin.fileno(), dict(payload, uid=self.uid))
+            frame = read_frame(self.proc.stdout.fileno(), time.monotonic() + seconds)
         except (BrokenPipeError, OSError) as err:
             frame, why = None, f"sandbox server failed: {err}"
         else:
@@ -232,7 +237,7 @@ class _ForkServer:
         if frame is None:
             self.stop(graceful=False)
             return None, why
-        return marshal.loads(frame), ""
+        return frame, ""
 
     def _start(self) -> None:
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "TMPDIR": tempfile.gettempdir()}
@@ -240,24 +245,6 @@ class _ForkServer:
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd="/",
                                      start_new_session=True, close_fds=True)
         self._owner = os.getpid()
-
-    def _read_frame(self, deadline: float) -> bytes | None:
-        header = self._read(8, deadline)
-        return None if header is None else self._read(int.from_bytes(header, "big"), deadline)
-
-    def _read(self, size: int, deadline: float) -> bytes | None:
-        fd, chunks, left = self.proc.stdout.fileno(), [], size
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            while left:
-                if not sel.select(max(0.0, deadline - time.monotonic())):
-                    return None
-                chunk = os.read(fd, min(left, 1 << 20))
-                if not chunk:
-                    return None
-                chunks.append(chunk)
-                left -= len(chunk)
-        return b"".join(chunks)
 
     def stop(self, graceful: bool = True) -> None:
         """Close the server's input: it tears its sandbox down (deleting its folder) and exits; kill it if it
