@@ -192,9 +192,8 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
                 raise _unknown(cls, key, f"{path}:{lines.get(given, '?')}")
             values[key] = _coerce(value, hints[key], where)
     for text in overrides or []:
-        name = text.split("=", 1)[0].strip()
-        key, value = parse_override(text, hints.get(getattr(cls, "aliases", {}).get(name, name), Any))
-        key = _canonical(cls, key, {}, f"override {text!r}")
+        key = _canonical(cls, text.split("=", 1)[0].strip(), {}, f"override {text!r}")
+        _, value = parse_override(text, hints.get(key, Any))
         if key not in hints:
             raise _unknown(cls, key, f"override {text!r}")
         values[key] = _coerce(value, hints[key], f"override {key}")
