@@ -10,7 +10,7 @@ import sys
 import typing
 from typing import Any
 
-from aha.config import ConfigError, GRPOConfig, describe_fields, field_docs, is_text_type, load_config
+from aha.config import ConfigError, GRPOConfig, aliases, describe_fields, field_docs, is_text_type, load_config
 
 
 def _split_recipe(args: list[str]) -> tuple[str | None, list[str]]:
@@ -30,13 +30,9 @@ def _split_recipe(args: list[str]) -> tuple[str | None, list[str]]:
 def _train(args: argparse.Namespace) -> int:
     recipe, overrides = _split_recipe(args.settings)
     config = load_config(GRPOConfig, recipe, overrides)
-    from aha.trainer.grpo import GRPOTrainer, RunDirError
+    from aha.trainer.grpo import GRPOTrainer
 
-    try:
-        trainer = GRPOTrainer(config)
-    except RunDirError as err:
-        raise ConfigError(str(err)) from None
-    trainer.train()
+    GRPOTrainer.from_config(config).fit()
     return 0
 
 
@@ -55,18 +51,23 @@ def _flag(name: str) -> str:
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """One ``--flag`` per field of a config dataclass, documented by the field's docstring."""
+    """One ``--flag`` per field of a config dataclass, documented by the field's docstring; a field's other
+    names (``--max-new-tokens`` for ``--max-completion-length``) are accepted too."""
     docs = field_docs(cls)
+    other_names: dict[str, list[str]] = {}
+    for alias, target in aliases(cls).items():
+        other_names.setdefault(target, []).append(alias)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         text = f"{docs.get(f.name, '')} (default: {default!r})".replace("%", "%%")
+        flags = [_flag(f.name), *(_flag(a) for a in other_names.get(f.name, []))]
         if typing.get_type_hints(cls)[f.name] is bool:
-            parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=text)
         else:
-            parser.add_argument(_flag(f.name), dest=f.name, default=argparse.SUPPRESS, metavar=f.name.upper(), help=text)
+            parser.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, metavar=f.name.upper(), help=text)
 
 
 def flag_overrides(cls: type, values: dict[str, Any]) -> list[str]:
@@ -99,7 +100,7 @@ def flag_overrides(cls: type, values: dict[str, Any]) -> list[str]:
 
 def eval_config(args: argparse.Namespace):
     """The EvalConfig of ``aha eval`` arguments: defaults, then --config FILE.yaml, then the flags given."""
-    from aha.eval.config import EvalConfig
+    from aha.config import EvalConfig
 
     values = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(EvalConfig)}}
     if args.model_arg:
@@ -216,7 +217,7 @@ def _add_data(sub) -> None:
 
 
 def _add_eval(sub) -> None:
-    from aha.eval.config import EvalConfig
+    from aha.config import EvalConfig
 
     ev = sub.add_parser(
         "eval", help="evaluate a model on benchmarks: pass@1 over k samples, pass@k, cons@k",
@@ -246,10 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from aha.data.readers import DataError
+    from aha.models import ModelLoadError
+    from aha.run import RunDirError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, ModelLoadError, RunDirError) as err:
         print(f"aha: error: {err}", file=sys.stderr)
         return 2
 

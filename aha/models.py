@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.util
+import inspect
 import logging
 import os
 import shutil
@@ -22,15 +23,20 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from aha.config.sections import DEFAULT_MODEL
+
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
     "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer that cannot be loaded; the message names it and why."""
 
 
 def cache_dir() -> Path:
@@ -130,7 +136,7 @@ def tiny_model(arch: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0, hid
     """A randomly initialised Llama or Qwen2 model, small enough for tests to train in seconds."""
     from transformers import LlamaConfig, Qwen2Config
 
-    classes = {"llama": LlamaConfig, "qwen2": Qwen2Config}
+    classes = dict(zip(TINY_ARCHITECTURES, (LlamaConfig, Qwen2Config)))
     if arch not in classes:
         raise ValueError(f"unknown tiny architecture {arch!r}; valid: {', '.join(classes)}")
     config = classes[arch](
@@ -147,6 +153,35 @@ def tiny_model(arch: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0, hid
     return model
 
 
+TINY_ARCHITECTURES = ("llama", "qwen2")
+
+
+def model_source_problem(name: str) -> str | None:
+    """Why ``name`` cannot be loaded, found without loading anything; None when it may be (a hub id is only
+    checked when it is loaded)."""
+    if name.startswith("tiny:"):
+        arch = name.split(":", 1)[1]
+        return None if arch in TINY_ARCHITECTURES else (
+            f"unknown tiny architecture {arch!r}; valid: {', '.join('tiny:' + a for a in TINY_ARCHITECTURES)}")
+    if name == DEFAULT_MODEL:
+        try:
+            smollm2_gguf_path()
+        except FileNotFoundError as err:
+            return str(err)
+        return None
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        return None if path.is_file() else f"{name}: GGUF file not found"
+    if path.is_dir():
+        return None if (path / "config.json").is_file() else f"{name}: not a model folder (no config.json)"
+    if path.exists():
+        return f"{name}: not a model folder, a .gguf file or a hub id"
+    first = Path(name.split("/", 1)[0])
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or ("/" in name and first.is_dir()):
+        return f"{name}: no such folder"
+    return None
+
+
 def resolve_model_path(name: str) -> str:
     """Turn an alias or GGUF file into a loadable HF folder; other names pass through unchanged."""
     if name == DEFAULT_MODEL:
@@ -159,7 +194,10 @@ def resolve_model_path(name: str) -> str:
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     if name.startswith("tiny:"):
         return char_tokenizer()
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name))
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load the tokenizer of {name!r}: {_first_line(err)}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -177,11 +215,16 @@ def load_model(name: str, *, dtype: str = "auto", device: str = "auto", seed: in
         path = resolve_model_path(name)
         try:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-        except OSError as err:
-            raise FileNotFoundError(f"cannot load model {name!r}: {err}") from None
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"cannot load model {name!r}: {_first_line(err)}") from None
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.to(torch_device), tokenizer
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def apply_lora(model: PreTrainedModel, rank: int, alpha: float, dropout: float = 0.0,
@@ -206,3 +249,14 @@ def save_hf_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, p
     else:
         model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The forward() keyword that takes a KV cache: ``cache`` in newer transformers, else ``past_key_values``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def output_cache(output):
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values

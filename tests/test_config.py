@@ -51,8 +51,13 @@ def test_wrong_type_in_a_file_names_file_line_and_field(tmp_path):
     ("group_size=2.5", "group_size: expected int, got 2.5"),
     ("use_chat_template=maybe", "use_chat_template: expected bool"),
     ("loss_type=ppo", "loss_type: unknown loss_type 'ppo'; valid: dapo, dr_grpo, grpo, gspo"),
-    ("advantage_scale=zscore", "advantage_scale: unknown advantage scale 'zscore'; valid: batch, group, none, rloo"),
-    ("group_size=0", "group_size must be >= 1"),
+    ("advantage_estimator=zscore", "advantage_estimator: unknown advantage estimator 'zscore'; valid: batch, group, "
+                                   "none, rloo"),
+    ("advantage_scale=zscore", "advantage_estimator: unknown advantage estimator 'zscore'"),  # the former name
+    ("group_size=0", "group_size: must be >= 1"),
+    ("lr_scheduler=cosin", "lr_scheduler: unknown scheduler 'cosin'; valid: linear, cosine"),
+    ("prompt_template=r1", "prompt_template: must be one of r1-zero, chat, plain"),
+    ("top_p=0", r"top_p: must be in \(0, 1\]"),
     ("resume=true", "resume=true needs output_dir"),
     ("noequals", "expected key=value"),
 ])

@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from aha.models import apply_lora, char_tokenizer, load_model, save_hf_folder
+from aha.models import ModelLoadError, apply_lora, char_tokenizer, load_model, model_source_problem, save_hf_folder
 
 
 def test_char_tokenizer_round_trips_text_and_has_a_chat_template():
@@ -39,9 +39,14 @@ def test_lora_checkpoint_is_a_plain_folder_with_the_adapters_merged(tmp_path):
 
 
 def test_a_missing_model_is_a_clear_error(tmp_path):
-    with pytest.raises((FileNotFoundError, OSError)):
+    with pytest.raises(ModelLoadError, match="cannot load the tokenizer of '.*no-such-model'"):
         load_model(str(tmp_path / "no-such-model"))
-    with pytest.raises(FileNotFoundError, match="GGUF file not found"):
+    assert model_source_problem(str(tmp_path / "no-such-model")).endswith("no-such-model: no such folder")
+    assert model_source_problem("org/model") is None  # a hub id: checked when it is loaded
+    assert model_source_problem("tiny:gpt9") == "unknown tiny architecture 'gpt9'; valid: tiny:llama, tiny:qwen2"
+    (tmp_path / "folder").mkdir()
+    assert model_source_problem(str(tmp_path / "folder")).endswith("not a model folder (no config.json)")
+    with pytest.raises(ModelLoadError, match="GGUF file not found"):
         load_model(str(tmp_path / "missing.gguf"))
 
 

@@ -1,16 +1,17 @@
-"""Pure tensor functions of the RL objective: advantages, log-probs, policy losses (no I/O)."""
+"""Pure tensor functions of the RL objective: advantage estimators, log-probs, policy losses. No model, no
+loop, no I/O; variants are registered by name."""
 
-from aha.algorithms.advantages import ADVANTAGE_SCALES, compute_advantages
+from aha.algorithms.advantages import ADVANTAGE_ESTIMATORS, AdvantageInputs, compute_advantages
 from aha.algorithms.logprobs import masked_mean, token_entropy, token_logprobs
-from aha.algorithms.losses import LOSS_TYPES, kl_k3, micro_batch_weight, policy_loss
+from aha.algorithms.losses import LOSS_TYPES, kl_k3, policy_loss
 
 __all__ = [
-    "ADVANTAGE_SCALES",
+    "ADVANTAGE_ESTIMATORS",
+    "AdvantageInputs",
     "LOSS_TYPES",
     "compute_advantages",
     "kl_k3",
     "masked_mean",
-    "micro_batch_weight",
     "policy_loss",
     "token_entropy",
     "token_logprobs",

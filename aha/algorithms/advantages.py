@@ -1,7 +1,10 @@
-"""Group-relative advantage estimators (no value model).
+"""Advantage estimators without a value model, registered by name.
 
 Rewards arrive laid out group after group: with ``group_size = G`` the first G entries are the G
-completions of prompt 0, the next G those of prompt 1, and so on.
+completions of prompt 0, the next G those of prompt 1, and so on. An estimator receives an
+:class:`AdvantageInputs` (outcome rewards, and where a task or critic supplies them per-token rewards and
+values) and returns one advantage per completion ``[N]`` or one per token ``[N, T]``; the policy losses
+accept both.
 
 Worked example, one group of G = 4 with rewards [1, 0, 0, 1]:
     mean = 0.5, unbiased std = sqrt((4 * 0.25) / 3) = 0.5774
@@ -12,11 +15,27 @@ Worked example, one group of G = 4 with rewards [1, 0, 0, 1]:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
-from aha.algorithms.registry import Registry
+from aha.utils.registry import Registry
 
-ADVANTAGE_SCALES: Registry = Registry("advantage scale")
+
+@dataclass
+class AdvantageInputs:
+    """What an estimator may use; ``rewards`` is always there, the rest only where something supplies it."""
+
+    rewards: torch.Tensor  # [N] float, the outcome reward of each completion, group after group
+    group_size: int
+    completion_mask: torch.Tensor | None = None  # [N, T], 1 on completion tokens
+    token_rewards: torch.Tensor | None = None  # [N, T], per-token (process) rewards where a task gives them
+    values: torch.Tensor | None = None  # [N, T], a critic's value estimates where there is a critic
+
+
+Estimator = Callable[[AdvantageInputs, float], torch.Tensor]
+ADVANTAGE_ESTIMATORS: Registry = Registry("advantage estimator")
 
 
 def _grouped(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -35,48 +54,58 @@ def _std(x: torch.Tensor, dim=None) -> torch.Tensor:
     return x.std() if dim is None else x.std(dim=dim, keepdim=True)
 
 
-@ADVANTAGE_SCALES.register("group")
-def group_scaled(rewards: torch.Tensor, group_size: int, eps: float) -> torch.Tensor:
-    """GRPO: (r - group mean) / (group std + eps)."""
-    grouped = _grouped(rewards, group_size)  # [num_groups, G]
+@ADVANTAGE_ESTIMATORS.register("group")
+def group_normalised(inputs: AdvantageInputs, eps: float) -> torch.Tensor:
+    """GRPO (Shao et al., 2024, DeepSeekMath, arXiv:2402.03300, eq. 3 and §4.1.2, outcome supervision):
+    A_i = (r_i - mean(r_group)) / (std(r_group) + eps)."""
+    grouped = _grouped(inputs.rewards, inputs.group_size)  # [num_groups, G]
     centred = grouped - grouped.mean(dim=1, keepdim=True)
     return (centred / (_std(grouped, dim=1) + eps)).view(-1)
 
 
-@ADVANTAGE_SCALES.register("none")
-def unscaled(rewards: torch.Tensor, group_size: int, eps: float) -> torch.Tensor:
-    """Dr. GRPO: r - group mean, no division by the std (which favours too-easy and too-hard prompts)."""
-    grouped = _grouped(rewards, group_size)
+@ADVANTAGE_ESTIMATORS.register("none")
+def group_centred(inputs: AdvantageInputs, eps: float) -> torch.Tensor:
+    """Dr. GRPO (Liu et al., 2025, "Understanding R1-Zero-Like Training", arXiv:2503.20783, §3.1):
+    A_i = r_i - mean(r_group); dividing by the group std favours too-easy and too-hard prompts."""
+    grouped = _grouped(inputs.rewards, inputs.group_size)
     return (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)
 
 
-@ADVANTAGE_SCALES.register("batch")
-def batch_scaled(rewards: torch.Tensor, group_size: int, eps: float) -> torch.Tensor:
-    """(r - group mean) / (std of the whole batch's rewards + eps)."""
-    grouped = _grouped(rewards, group_size)
+@ADVANTAGE_ESTIMATORS.register("batch")
+def batch_normalised(inputs: AdvantageInputs, eps: float) -> torch.Tensor:
+    """A_i = (r_i - mean(r_group)) / (std of the whole batch's rewards + eps): the group baseline with a
+    batch-level scale (as in REINFORCE++-baseline, Hu et al., 2025, arXiv:2501.03262)."""
+    grouped = _grouped(inputs.rewards, inputs.group_size)
     centred = grouped - grouped.mean(dim=1, keepdim=True)
-    return (centred / (_std(rewards) + eps)).view(-1)
+    return (centred / (_std(inputs.rewards) + eps)).view(-1)
 
 
-@ADVANTAGE_SCALES.register("rloo")
-def leave_one_out(rewards: torch.Tensor, group_size: int, eps: float) -> torch.Tensor:
-    """RLOO: r_i - mean of the other G-1 rewards of the group (= G/(G-1) * (r_i - group mean))."""
-    grouped = _grouped(rewards, group_size)
-    if group_size < 2:
-        return torch.zeros_like(rewards)
-    others_mean = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+@ADVANTAGE_ESTIMATORS.register("rloo")
+def leave_one_out(inputs: AdvantageInputs, eps: float) -> torch.Tensor:
+    """RLOO (Kool et al., 2019; Ahmadian et al., 2024, "Back to Basics", arXiv:2402.14740):
+    A_i = r_i - mean of the other G-1 rewards of the group (= G/(G-1) * (r_i - group mean))."""
+    grouped = _grouped(inputs.rewards, inputs.group_size)
+    if inputs.group_size < 2:
+        return torch.zeros_like(inputs.rewards)
+    others_mean = (grouped.sum(dim=1, keepdim=True) - grouped) / (inputs.group_size - 1)
     return (grouped - others_mean).view(-1)
 
 
-def compute_advantages(
-    rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4
-) -> torch.Tensor:
-    """Advantages for rewards laid out group after group; returns a tensor shaped like ``rewards``.
+def compute_advantages(rewards: torch.Tensor, group_size: int, estimator: str = "group", eps: float = 1e-4, *,
+                       completion_mask: torch.Tensor | None = None, token_rewards: torch.Tensor | None = None,
+                       values: torch.Tensor | None = None) -> torch.Tensor:
+    """Advantages for rewards laid out group after group: ``[N]``, or ``[N, T]`` for a per-token estimator.
 
     A group whose rewards are all equal gets zero advantage (never NaN): it carries no learning signal.
+    Per-token outputs are zero where ``completion_mask`` is zero.
     """
-    estimator = ADVANTAGE_SCALES.get(scale)
+    estimate = ADVANTAGE_ESTIMATORS.get(estimator)
     rewards = torch.as_tensor(rewards, dtype=torch.float32) if not torch.is_tensor(rewards) else rewards
     if not torch.isfinite(rewards).all():
         raise ValueError("rewards contain NaN or inf; drop or fill unscorable samples before computing advantages")
-    return estimator(rewards.float(), group_size, eps).to(rewards.dtype)
+    _grouped(rewards, group_size)
+    inputs = AdvantageInputs(rewards.float(), group_size, completion_mask, token_rewards, values)
+    advantages = estimate(inputs, eps)
+    if advantages.dim() == 2 and completion_mask is not None:
+        advantages = advantages * completion_mask.to(advantages.dtype)
+    return advantages.to(rewards.dtype)

@@ -2,15 +2,25 @@
 
 Notation ([batch, seq] tensors hold one row per completion, position t over completion tokens):
     log-ratio    l_it = logp_it - old_logp_it             ratio rho_it = exp(l_it)
-    surrogate    J_it = min(rho_it * A_i, clip(rho_it, 1 - eps_low, 1 + eps_high) * A_i)
+    surrogate    J_it = min(rho_it * A_it, clip(rho_it, 1 - eps_low, 1 + eps_high) * A_it)
     KL (k3)      k_it = exp(ref_it - logp_it) - (ref_it - logp_it) - 1       (only when beta > 0)
-    per token    L_it = -J_it + beta * k_it
+    per token    L_it = w_it * (-J_it + beta * k_it)
+    A_it = A_i for an advantage per completion; w_it = 1 unless the engine-ratio correction is on
 
-Aggregations (m_it = completion mask, |o_i| = sum_t m_it, B = batch, L = max completion length):
-    grpo     mean_i ( sum_t m_it L_it / |o_i| )                one vote per sequence
-    dapo     sum_it m_it L_it / sum_it m_it                    one vote per token
-    dr_grpo  sum_it m_it L_it / (B * L)                        a constant normaliser
-    gspo     as grpo, but rho is the sequence ratio exp(sum_t m_it l_it / |o_i|) shared by all tokens
+Aggregations (m_it = completion mask, |o_i| = sum_t m_it, S = sequences, N_tok = tokens, L = max completion
+length; S and N_tok count the whole optimiser batch, so a micro-batch's loss is its share of the batch's
+and micro-batch losses add up to the batch loss, also across data-parallel ranks):
+    grpo     sum_i ( sum_t m_it L_it / |o_i| ) / S              one vote per sequence    (DeepSeekMath)
+    dapo     sum_it m_it L_it / N_tok                           one vote per token       (DAPO)
+    dr_grpo  sum_it m_it L_it / (S * L)                         a constant normaliser    (Dr. GRPO)
+    gspo     as grpo, but rho is the sequence ratio exp(sum_t m_it l_it / |o_i|) shared by all tokens (GSPO)
+
+Papers: GRPO, Shao et al. 2024 (DeepSeekMath, arXiv:2402.03300, eq. 3); the clipped surrogate, Schulman et
+al. 2017 (PPO, arXiv:1707.06347); DAPO, Yu et al. 2025 (arXiv:2503.14476, token-level loss §3.3 and
+clip-higher §3.1); Dr. GRPO, Liu et al. 2025 (arXiv:2503.20783, §3.1); GSPO, Zheng et al. 2025
+(arXiv:2507.18071, eq. 5-7); k3, Schulman 2020 ("Approximating KL divergence"); the engine-ratio
+correction is truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly
+brings you off-policy RL training"): w_it = min(exp(old_logp_it - engine_logp_it), cap).
 """
 
 from __future__ import annotations
@@ -20,7 +30,9 @@ from typing import Callable
 
 import torch
 
-from aha.algorithms.registry import Registry
+from aha.utils.registry import Registry
+
+Aggregate = Callable[[torch.Tensor, torch.Tensor, int, float, float], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -29,11 +41,8 @@ class LossType:
 
     sequence_ratio: bool
     """True: one ratio per sequence (GSPO); False: one ratio per token."""
-    aggregate: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
-    """(per_token_loss [B, T], mask [B, T], max_completion_length) -> scalar."""
-    per_token_normaliser: bool
-    """True when the denominator counts tokens of the whole batch (dapo), so a micro-batch's share of
-    the full-batch loss is its token count; otherwise its share is its sequence count."""
+    aggregate: Aggregate
+    """(per_token_loss [B, T], mask [B, T], max_completion_length, num_sequences, num_tokens) -> scalar."""
 
 
 LOSS_TYPES: Registry = Registry("loss_type")
@@ -44,22 +53,22 @@ def _sequence_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
-def _mean_of_sequence_means(per_token: torch.Tensor, mask: torch.Tensor, max_len: int) -> torch.Tensor:
-    return _sequence_mean(per_token, mask).mean()
+def _sum_of_sequence_means(per_token, mask, max_len, num_sequences, num_tokens):
+    return _sequence_mean(per_token, mask).sum() / max(num_sequences, 1)
 
 
-def _token_mean(per_token: torch.Tensor, mask: torch.Tensor, max_len: int) -> torch.Tensor:
-    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+def _token_sum(per_token, mask, max_len, num_sequences, num_tokens):
+    return (per_token * mask).sum() / max(num_tokens, 1)
 
 
-def _constant_normaliser(per_token: torch.Tensor, mask: torch.Tensor, max_len: int) -> torch.Tensor:
-    return (per_token * mask).sum() / (mask.shape[0] * max_len)
+def _constant_normaliser(per_token, mask, max_len, num_sequences, num_tokens):
+    return (per_token * mask).sum() / (max(num_sequences, 1) * max_len)
 
 
-LOSS_TYPES.register("grpo")(LossType(False, _mean_of_sequence_means, per_token_normaliser=False))
-LOSS_TYPES.register("dapo")(LossType(False, _token_mean, per_token_normaliser=True))
-LOSS_TYPES.register("dr_grpo")(LossType(False, _constant_normaliser, per_token_normaliser=False))
-LOSS_TYPES.register("gspo")(LossType(True, _mean_of_sequence_means, per_token_normaliser=False))
+LOSS_TYPES.register("grpo")(LossType(False, _sum_of_sequence_means))
+LOSS_TYPES.register("dapo")(LossType(False, _token_sum))
+LOSS_TYPES.register("dr_grpo")(LossType(False, _constant_normaliser))
+LOSS_TYPES.register("gspo")(LossType(True, _sum_of_sequence_means))
 
 
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
@@ -80,21 +89,30 @@ def policy_loss(
     beta: float = 0.0,
     ref_logprobs: torch.Tensor | None = None,
     max_completion_length: int | None = None,
+    num_sequences: float | None = None,
+    num_tokens: float | None = None,
+    engine_logprobs: torch.Tensor | None = None,
+    engine_ratio_cap: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The clipped surrogate loss (to minimise) and float statistics for logging.
 
-    logprobs, old_logprobs, ref_logprobs, completion_mask: [batch, seq]; advantages: [batch].
+    logprobs, old_logprobs, ref_logprobs, engine_logprobs, completion_mask: [batch, seq]; advantages:
+    [batch] or [batch, seq]. num_sequences / num_tokens: the normalisers' counts over the whole optimiser
+    batch (default: this batch's own), see the module docstring.
     """
     variant = LOSS_TYPES.get(loss_type)
     if beta > 0 and ref_logprobs is None:
         raise ValueError("beta > 0 needs ref_logprobs (log-probs of the reference model)")
     mask = completion_mask.to(logprobs.dtype)  # [B, T]
     max_len = max_completion_length if max_completion_length is not None else logprobs.shape[1]
+    sequences = float(mask.shape[0]) if num_sequences is None else float(num_sequences)
+    tokens = float(mask.sum()) if num_tokens is None else float(num_tokens)
     log_ratio = logprobs - old_logprobs  # [B, T]
     if variant.sequence_ratio:
         log_ratio = _sequence_mean(log_ratio, mask).unsqueeze(1).expand_as(logprobs)  # [B, T], rows constant
     ratio = torch.exp(log_ratio)
-    adv = advantages.to(logprobs.dtype).unsqueeze(1)  # [B, 1]
+    adv = advantages.to(logprobs.dtype)
+    adv = adv.unsqueeze(1) if adv.dim() == 1 else adv  # [B, 1] or [B, T]
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv
     per_token = -torch.min(unclipped, clipped)  # [B, T]
@@ -103,11 +121,16 @@ def policy_loss(
         kl = kl_k3(logprobs, ref_logprobs)
         if beta > 0:
             per_token = per_token + beta * kl
-    loss = variant.aggregate(per_token, mask, max_len)
+    engine_weight = None
+    if engine_logprobs is not None and engine_ratio_cap > 0:
+        engine_weight = torch.exp(old_logprobs.detach() - engine_logprobs).clamp(max=engine_ratio_cap)  # [B, T]
+        per_token = per_token * engine_weight
+    loss = variant.aggregate(per_token, mask, max_len, sequences, tokens)
 
     with torch.no_grad():
-        low = ((ratio < 1 - eps_low) & (adv < 0)).to(mask.dtype)
-        high = ((ratio > 1 + eps_high) & (adv > 0)).to(mask.dtype)
+        adv_b = adv.expand_as(ratio)
+        low = ((ratio < 1 - eps_low) & (adv_b < 0)).to(mask.dtype)
+        high = ((ratio > 1 + eps_high) & (adv_b > 0)).to(mask.dtype)
         if variant.sequence_ratio:  # one decision per sequence: count sequences
             rows = (mask.sum(dim=1) > 0).to(mask.dtype)
             n = rows.sum().clamp(min=1)
@@ -123,16 +146,6 @@ def policy_loss(
         }
         if kl is not None:
             stats["kl"] = float((kl * mask).sum() / mask.sum().clamp(min=1))
+        if engine_weight is not None:
+            stats["engine_ratio"] = float((engine_weight * mask).sum() / mask.sum().clamp(min=1))
     return loss, stats
-
-
-def micro_batch_weight(loss_type: str, micro_mask: torch.Tensor, num_sequences: int, num_tokens: int) -> float:
-    """The factor that turns a micro-batch's `policy_loss` into its share of the full batch's loss.
-
-    Summing ``weight * policy_loss(micro)`` over the micro-batches of a batch gives exactly
-    ``policy_loss(batch)``, so gradient accumulation is the same update as one big batch.
-    """
-    variant = LOSS_TYPES.get(loss_type)
-    if variant.per_token_normaliser:
-        return float(micro_mask.sum()) / max(num_tokens, 1)
-    return micro_mask.shape[0] / num_sequences

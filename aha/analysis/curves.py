@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from aha.run.layout import RunLayout
+from aha.utils.io import JsonlFile
 
 PANELS = [
     ("reward", "reward (weighted sum)"),
@@ -14,10 +16,10 @@ PANELS = [
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunLayout(run_dir).metrics
     if not path.exists():
         raise FileNotFoundError(f"{path}: no metrics (is {run_dir} a run directory?)")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return JsonlFile(path).read()
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None, smooth: int = 5) -> Path:
@@ -29,8 +31,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, smooth: int = 5
     import matplotlib.pyplot as plt
 
     rows = read_metrics(run_dir)
-    evals_path = Path(run_dir) / "eval.jsonl"
-    evals = [json.loads(x) for x in evals_path.read_text().splitlines() if x.strip()] if evals_path.exists() else []
+    evals = JsonlFile(RunLayout(run_dir).evals).read()
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.2))
     for ax, (key, title) in zip(axes, PANELS):
         points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from aha.data.readers import DataError, read_file
 from aha.data.records import LoadResult, OnError, collect_records, load_records
-from aha.rewards import extract_answer, normalise_gold
+from aha.answers import last_boxed, normalise_gold
 
 DATA_DIR_ENV = "AHA_DATA_DIR"
 _UNIT_SUFFIX = re.compile(r"\s*\([^()]*\)\s*$")
@@ -64,10 +64,10 @@ def gold_without_unit(record: dict[str, Any]) -> str:
 
 def gold_boxed_in_solution(record: dict[str, Any]) -> str:
     """Minerva-Math: the gold answer is the last ``\\boxed{}`` of the reference solution."""
-    boxed = extract_answer(str(record["solution"]))
-    if not boxed:
+    boxed = last_boxed(str(record["solution"]))
+    if not boxed or not boxed.strip():
         raise DataError("no \\boxed{} answer in field 'solution'")
-    return boxed
+    return boxed.strip()
 
 
 def _human_eval_rows():

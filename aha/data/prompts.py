@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+from aha.config.sections import PROMPT_TEMPLATES
+
 R1_ZERO_INSTRUCTION = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
     "The assistant first thinks about the reasoning process in the mind and then provides the user with the "
@@ -18,6 +20,7 @@ TEMPLATES = {
     "chat": None,  # the question alone as the user's message
     "plain": None,  # the question alone as raw text, no chat template
 }
+assert tuple(TEMPLATES) == PROMPT_TEMPLATES  # the names the config accepts
 
 
 @dataclass
@@ -29,14 +32,21 @@ class PromptBuilder:
     the instruction goes in the system message and the question in the user message; otherwise the
     paper's plain layout is used: ``<instruction> User: <question>\\nAssistant:``.
     prefill: text that opens the assistant's turn (e.g. ``<think>``); it counts as part of the
-    completion when rewards score it.
+    completion when rewards score it. question_template: how the question is written into the prompt.
     """
 
-    tokenizer: PreTrainedTokenizerBase
+    tokenizer: PreTrainedTokenizerBase | None
     template: str = "r1-zero"
     system_prompt: str | None = None
     prefill: str = ""
     use_chat: bool = True
+    question_template: str = "{question}"
+
+    @classmethod
+    def from_config(cls, tokenizer: PreTrainedTokenizerBase | None, config) -> "PromptBuilder":
+        """The builder of a config's prompt settings (``aha.config.sections.PromptSection``)."""
+        return cls(tokenizer, config.prompt_template, config.system_prompt, config.prefill_text,
+                   config.use_chat_template, config.question_template)
 
     def __post_init__(self):
         if self.template not in TEMPLATES:
@@ -50,7 +60,12 @@ class PromptBuilder:
     def chat(self) -> bool:
         return self.use_chat and self.template != "plain" and bool(getattr(self.tokenizer, "chat_template", None))
 
+    def question(self, question: str) -> str:
+        """The question as it is put to the model (``question_template`` filled in)."""
+        return self.question_template.replace("{question}", question)
+
     def build(self, question: str) -> str:
+        question = self.question(question)
         if self.chat:
             messages = []
             if self.instruction:

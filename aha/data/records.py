@@ -16,7 +16,7 @@ from typing import Any, Iterable, Literal
 
 from aha.data.readers import DataError, RawRow, read_file, read_rows
 
-__all__ = ["DataError", "LoadResult", "load_jsonl", "load_records", "make_record", "parse_field_map"]
+__all__ = ["DataError", "LoadResult", "load_records", "make_record", "parse_field_map"]
 
 OnError = Literal["raise", "skip"]
 _SENTENCE_END = (".", "?", "!", ":", ";")
@@ -135,16 +135,3 @@ def load_records(source: str | Path, field_map: dict[str, str] | str | None = No
     """
     return collect_records(read_rows(source, split), str(source), parse_field_map(field_map), required, on_error,
                            text_fields)
-
-
-def load_jsonl(path: str | Path, field_map: dict[str, str] | None = None,
-               required: tuple[str, ...] = ("question", "answer")) -> list[dict]:
-    """Read a JSONL file into records whose keys are renamed by ``field_map`` (ours -> the file's).
-
-    ``field_map={"question": "problem"}`` reads the file's ``problem`` as our ``question``; unmapped
-    columns are kept as they are (rewards receive them). Every line is validated before any is used.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    return collect_records(read_file(path, "jsonl"), str(path), field_map, required, "raise", ()).records

@@ -2,7 +2,9 @@
 
 A task hands out training examples by index, deterministically (``example(i)`` is a pure function of
 the seed and ``i``), so a resumed run sees exactly the prompts an uninterrupted one would. Examples are
-dicts with at least ``question`` and ``answer``; every key is passed to rewards as a column.
+dicts with at least ``question`` and ``answer``; every key is passed to rewards as a column. A task names
+the reward that grades its answers (``accuracy`` for math): held-out evaluation uses it, as ``aha eval``
+does for a benchmark.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from aha.algorithms.registry import Registry
-from aha.data.records import load_jsonl
+from aha.data.records import DataError, load_records
+from aha.utils.registry import Registry
 
 TASKS: Registry = Registry("task")
 
@@ -24,6 +26,9 @@ class Task(ABC):
     """Training examples by index and a fixed held-out evaluation set never trained on."""
 
     name: str = "task"
+    reward: str = "accuracy"
+    """The registered reward that grades an answer to this task (held-out evaluation)."""
+    reward_options: tuple[tuple[str, Any], ...] = ()
 
     @abstractmethod
     def example(self, index: int) -> dict[str, Any]:
@@ -97,7 +102,7 @@ class ReasoningGymTask(Task):
 def chain_sum(options: dict[str, Any], eval_size: int, seed: int) -> Task:
     """Multi-step integer arithmetic (``4 - 7 + 2 =``), from reasoning-gym. Difficulty options:
     min_terms, max_terms, min_digits, max_digits, allow_negation."""
-    defaults = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
+    defaults = {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1}
     return ReasoningGymTask("chain_sum", {**defaults, **options}, eval_size, seed)
 
 
@@ -123,16 +128,36 @@ class RecordsTask(Task):
 
 def make_task(name: str, options: dict[str, Any] | None = None, eval_size: int = 100, seed: int = 0,
               field_map: dict[str, str] | None = None, eval_dataset: str | None = None) -> Task:
-    """A built-in task by name, or a JSONL file path (with ``field_map`` and optional ``eval_dataset``)."""
+    """A built-in task by name, or a dataset of question/answer records (a file, a folder of files or a hub
+    name; ``field_map`` renames its fields, ``eval_dataset`` gives a separate held-out set).
+
+    Raises ``ValueError`` for an unknown task or bad options and ``DataError`` (``file:line: ...``) for a
+    dataset that cannot be used; every row is checked before any is used."""
     options = dict(options or {})
-    if name.endswith(".jsonl"):
-        records = load_jsonl(name, field_map)
-        if eval_dataset:
-            heldout = load_jsonl(eval_dataset, field_map)
-        else:
-            if eval_size >= len(records):
-                raise ValueError(f"{name}: eval_size={eval_size} leaves no training rows out of {len(records)}")
-            records, heldout = records[: len(records) - eval_size], records[len(records) - eval_size :]
-        return RecordsTask(records, heldout[:eval_size] if eval_size else heldout, seed, name)
-    factory: Callable[..., Task] = TASKS.get(name)
-    return factory(options, eval_size, seed)
+    if name in TASKS:
+        if field_map or eval_dataset:
+            raise ValueError(f"task {name!r} is built in: field_map and eval_dataset apply to datasets only")
+        factory: Callable[..., Task] = TASKS.get(name)
+        return factory(options, eval_size, seed)
+    if not looks_like_dataset(name):
+        raise ValueError(f"unknown task {name!r}; built in: {', '.join(TASKS.names())}, or give a dataset "
+                         "(.jsonl, .json, .csv, .parquet file, folder or hub name)")
+    if options:
+        raise ValueError(f"task_options apply to built-in tasks; {name} is a dataset")
+    records = load_records(name, field_map, split="train").records
+    if eval_dataset:
+        heldout = load_records(eval_dataset, field_map).records
+    else:
+        if eval_size >= len(records):
+            raise DataError(f"{name}: eval_size={eval_size} leaves no training rows out of {len(records)}")
+        records, heldout = records[: len(records) - eval_size], records[len(records) - eval_size :]
+    return RecordsTask(records, heldout[:eval_size] if eval_size else [], seed, name)
+
+
+def looks_like_dataset(name: str) -> bool:
+    """A dataset source rather than a task name: an existing path, a data file name, or ``org/name``."""
+    from pathlib import Path
+
+    from aha.data.readers import file_format, looks_like_hub_name
+
+    return Path(name).exists() or file_format(Path(name)) is not None or looks_like_hub_name(name)

@@ -13,9 +13,10 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from aha.answers import extract_answer
 from aha.config import ConfigError
 from aha.eval.metrics import vote_winner
-from aha.rewards import REWARDS, RewardTerm, extract_answer, follows_format, get_reward, score
+from aha.rewards import REWARDS, RewardTerm, follows_format, get_reward, score
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,11 @@ class GradeSpec:
         return self.reward == "accuracy"
 
 
-def math_spec(fallback_last_number: bool) -> GradeSpec:
-    return GradeSpec("accuracy", (("fallback_last_number", fallback_last_number),), fallback_last_number)
+def grade_spec(reward: str, options: tuple[tuple[str, Any], ...] = (), fallback_last_number: bool = True) -> GradeSpec:
+    """How to grade answers that ``reward`` (with ``options``) pays: a benchmark's, or a training task's."""
+    if reward == "accuracy":
+        return GradeSpec("accuracy", (("fallback_last_number", fallback_last_number), *options), fallback_last_number)
+    return GradeSpec(reward, options, fallback_last_number)
 
 
 def check_reward_exists(spec: GradeSpec, benchmark: str) -> None:

@@ -1,5 +1,9 @@
-"""Greedy accuracy on a held-out set, strict (right answer in the required format) and lenient
-(right final answer anywhere, format ignored) — the numbers a training run is judged by."""
+"""Greedy accuracy on a held-out set — the numbers a training run is judged by — graded by the same
+grader as ``aha eval`` and the training reward (:func:`aha.eval.grading.grade`):
+
+    lenient  the grader pays the answer (the <answer> tag, else the last \\boxed{}, else the last number)
+    strict   lenient, and the whole completion is <think>…</think><answer>…</answer> and nothing else
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aha.data.prompts import PromptBuilder
-from aha.rewards.format import follows_format
-from aha.rewards.math import answers_equal, extract_answer, normalise_gold
+from aha.eval.grading import GradeSpec, grade
 from aha.rollout.base import GenerationBackend, SamplingParams
+from aha.utils.stats import mean
 
 
 @dataclass
@@ -28,31 +32,31 @@ class HeldoutResult:
                 "format_rate": self.format_rate, "mean_completion_tokens": self.mean_completion_tokens,
                 "truncation_rate": self.truncation_rate}
 
-
-def judge(completion: str, gold: object) -> tuple[bool, bool, bool]:
-    """(strict correct, lenient correct, format followed) for one completion."""
-    gold_text = normalise_gold(gold)
-    formatted = follows_format(completion, strict=True)
-    lenient_answer = extract_answer(completion, fallback_last_number=True)
-    lenient = lenient_answer is not None and answers_equal(lenient_answer, gold_text)
-    strict = formatted and lenient  # a strictly formatted completion's answer is its <answer> tag
-    return strict, lenient, formatted
+    def line(self) -> str:
+        return (f"{len(self.samples)} problems, greedy: strict {100 * self.strict_accuracy:.1f}%  lenient "
+                f"{100 * self.lenient_accuracy:.1f}%  format {100 * self.format_rate:.1f}%")
 
 
 def evaluate_heldout(backend: GenerationBackend, builder: PromptBuilder, examples: list[dict[str, Any]],
-                     max_new_tokens: int, stop: tuple[str, ...] = ()) -> HeldoutResult:
-    """Greedy-decode every held-out problem once and grade it."""
+                     max_new_tokens: int, stop: tuple[str, ...] = (),
+                     spec: GradeSpec = GradeSpec()) -> HeldoutResult:
+    """Greedy-decode every held-out problem once and grade it with ``spec`` (default: ``accuracy``)."""
     prompts = [builder.build(ex["question"]) for ex in examples]
     prompt_ids = builder.tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    generations = backend.generate(prompt_ids, SamplingParams(max_new_tokens, temperature=0.0, stop=stop), builder.prefill)
-    strict = lenient = formatted = 0
+    params = SamplingParams(max_new_tokens, temperature=0.0, stop=stop)
+    generations = backend.generate(prompt_ids, params, builder.prefill)
+    completions = [g.text for g in generations]
+    keys = sorted({key for ex in examples for key in ex})
+    columns = {key: [ex.get(key) for ex in examples] for key in keys}
+    verdicts = grade(spec, completions, columns)
     samples = []
-    for ex, gen in zip(examples, generations):
-        s, l, f = judge(gen.text, ex["answer"])
-        strict, lenient, formatted = strict + s, lenient + l, formatted + f
-        samples.append({"question": ex["question"], "answer": ex["answer"], "completion": gen.text,
-                        "strict": s, "lenient": l, "format": f, "finish_reason": gen.finish_reason})
-    n = max(len(examples), 1)
-    return HeldoutResult(strict / n, lenient / n, formatted / n,
-                         sum(len(g.token_ids) for g in generations) / n,
-                         sum(g.finish_reason == "length" for g in generations) / n, samples)
+    for ex, gen, verdict in zip(examples, generations, verdicts):
+        lenient = verdict["correct"]
+        samples.append({"question": ex["question"], "answer": ex.get("answer"), "completion": gen.text,
+                        "extracted": verdict["extracted"], "strict": lenient and verdict["format"],
+                        "lenient": lenient, "format": verdict["format"], "finish_reason": gen.finish_reason,
+                        "tokens": len(gen.token_ids)})
+    share = lambda key: mean([float(bool(s[key])) for s in samples]) or 0.0  # noqa: E731
+    return HeldoutResult(share("strict"), share("lenient"), share("format"),
+                         mean([float(s["tokens"]) for s in samples]) or 0.0,
+                         mean([float(s["finish_reason"] == "length") for s in samples]) or 0.0, samples)

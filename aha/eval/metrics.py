@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from aha.rewards import answers_equal
+from aha.utils.stats import mean, standard_error
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -86,10 +87,6 @@ def vote_winner(answers: list[str | None], equal: Callable[[str, str], bool] = a
     return best
 
 
-def mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
 def benchmark_metrics(samples: list[dict[str, Any]], votes: dict[int, bool | None], pass_ks: list[int]) -> dict[str, Any]:
     """Per-benchmark metrics from graded samples (see docs/evaluation.md for the definitions).
 
@@ -123,11 +120,3 @@ def benchmark_metrics(samples: list[dict[str, Any]], votes: dict[int, bool | Non
         "ungraded": sum(s.get("score") is None for s in samples),
     })
     return metrics
-
-
-def standard_error(values: list[float]) -> float | None:
-    """Standard error of the mean (sample standard deviation / sqrt(n))."""
-    if len(values) < 2:
-        return None
-    m = sum(values) / len(values)
-    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values))

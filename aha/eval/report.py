@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import importlib.metadata
-import json
-import os
 import platform
 import time
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -28,12 +25,6 @@ def versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             found[name] = None
     return found
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class _RateColumn(ProgressColumn):

@@ -25,15 +25,26 @@ from typing import Any
 
 from rich.console import Console
 
-from aha.config import ConfigError, save_config
+from aha.config import ConfigError, EvalConfig, aliases, save_config
 from aha.data.benchmarks import BenchmarkData, load_benchmark
-from aha.eval.config import EvalConfig, sample_settings
-from aha.eval.grading import GradeSpec, Grader, check_reward_exists, math_spec
+from aha.eval.grading import GradeSpec, Grader, check_reward_exists, grade_spec
 from aha.eval.metrics import benchmark_metrics
-from aha.eval.report import EvalProgress, results_table, versions, write_json_atomic
+from aha.eval.report import EvalProgress, results_table, versions
 from aha.eval.samplers import Sampler, make_sampler
 from aha.eval.samples import SampleStore
 from aha.rollout.base import SamplingParams
+from aha.utils.console import make_console
+from aha.utils.io import atomic_write_json
+
+SAMPLE_DEFINING = ("model", "api_base", "tokenizer", "api_chat", "temperature", "top_p", "max_completion_length",
+                   "stop_strings", "prompt_template", "system_prompt", "question_template", "prefill",
+                   "use_chat_template", "seed", "fallback_last_number", "field_map")
+"""Fields whose change would make stored samples differ from new ones: a resumed evaluation must match them."""
+
+
+def sample_settings(config: EvalConfig) -> dict[str, Any]:
+    """The settings that define the samples (see SAMPLE_DEFINING), as stored beside them."""
+    return {name: getattr(config, name) for name in SAMPLE_DEFINING}
 
 log = logging.getLogger(__name__)
 
@@ -67,25 +78,24 @@ def plan_batches(datasets: list[BenchmarkData], store: SampleStore, k: int, batc
     return batches
 
 
-def grade_spec(data: BenchmarkData, config: EvalConfig) -> GradeSpec:
-    if data.benchmark.reward == "accuracy":
-        return math_spec(config.fallback_last_number)
-    return GradeSpec(data.benchmark.reward, data.benchmark.reward_options, config.fallback_last_number)
+def benchmark_spec(data: BenchmarkData, config: EvalConfig) -> GradeSpec:
+    return grade_spec(data.benchmark.reward, data.benchmark.reward_options, config.fallback_last_number)
 
 
 def prepare_output(config: EvalConfig) -> Path:
     """Create the output folder; when it holds samples, check they were made with the same settings."""
-    out = Path(config.output or time.strftime("runs/eval-%Y%m%d-%H%M%S"))
+    out = Path(config.output_dir or time.strftime("runs/eval-%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
     settings_path = out / "settings.json"
     settings = json.loads(json.dumps(sample_settings(config)))
     if settings_path.exists() and (out / "samples.jsonl").exists():
         stored = json.loads(settings_path.read_text(encoding="utf-8"))
+        stored = {aliases(EvalConfig).get(k, k): v for k, v in stored.items()}  # written under former names
         changed = [f"{k}: {stored.get(k)!r} there, {v!r} now" for k, v in settings.items() if stored.get(k) != v]
         if changed:
             raise ConfigError(f"{out} holds samples made with other settings ({'; '.join(changed)}); use another "
                               "--output, or the same settings to resume")
-    write_json_atomic(settings_path, settings)
+    atomic_write_json(settings_path, settings)
     save_config(config, out / "config.yaml")
     return out
 
@@ -96,11 +106,11 @@ class Evaluation:
     def __init__(self, config: EvalConfig, console: Console | None = None):
         config.validate()
         self.config = config
-        self.console = console or _console()
+        self.console = console or make_console(160)
         self.out = prepare_output(config)
         self.datasets = [load_benchmark(name, config.data_dir, config.limit, config.on_error, config.field_map)
                          for name in config.benchmarks]
-        self.specs = {d.name: grade_spec(d, config) for d in self.datasets}
+        self.specs = {d.name: benchmark_spec(d, config) for d in self.datasets}
         for data in self.datasets:
             check_reward_exists(self.specs[data.name], data.name)
             if data.skipped:
@@ -113,13 +123,13 @@ class Evaluation:
 
     def run(self) -> dict[str, Any]:
         c = self.config
-        batches = plan_batches(self.datasets, self.store, c.k, c.batch_size)
+        batches = plan_batches(self.datasets, self.store, c.k, c.generation_batch_size)
         total = sum(len(b.missing) for b in batches)
         if len(self.store):
             self.console.log(f"{self.out}: {len(self.store)} samples already there; {total} to go")
         if batches:
             self.sampler = make_sampler(c)
-        params = SamplingParams(c.max_new_tokens, c.temperature, c.top_p, tuple(c.stop))
+        params = SamplingParams(c.max_completion_length, c.temperature, c.top_p, tuple(c.stop_strings))
         with Grader(c.grader_workers) as grader:
             pending: list[tuple[Future, list[dict[str, Any]]]] = []
             with EvalProgress(self.console, total) as progress:
@@ -132,7 +142,7 @@ class Evaluation:
                     progress.advance(len(records), batch.data.name)
                 self._write_graded(pending, wait=True)
             results = self._results(grader)
-        write_json_atomic(self.out / "results.json", results)
+        atomic_write_json(self.out / "results.json", results)
         self.console.print(results_table(results))
         self.console.log(f"wrote {self.out / 'results.json'} and {self.out / 'samples.jsonl'}")
         return results
@@ -141,7 +151,7 @@ class Evaluation:
         """Sample k completions of each problem of the batch; the records of the missing samples."""
         c, data = self.config, batch.data
         problems = [data.problems[i] for i in batch.problem_indices]
-        questions = [c.question_template.replace("{question}", p["question"]) for p in problems]
+        questions = [p["question"] for p in problems]
         prompts = self.sampler.prompts(questions)
         t0 = time.perf_counter()
         generations = self.sampler.sample(prompts, c.k, params, batch_seed(c.seed, data.name, batch.number))
@@ -184,7 +194,7 @@ class Evaluation:
         return {
             "model": c.model, "model_path": getattr(self.sampler, "model_path", None),
             "backend": getattr(self.sampler, "backend_name", None) or ("openai" if c.api_base else "transformers"),
-            "sampling": f"{sampling}, k={c.k}, max {c.max_new_tokens} tokens, prompt {c.prompt}",
+            "sampling": f"{sampling}, k={c.k}, max {c.max_completion_length} tokens, prompt {c.prompt_template}",
             "seed": c.seed, "benchmarks": per_benchmark,
             "speed": {"generated_samples": self.generated, "generation_seconds": round(self.generation_seconds, 3),
                       "samples_per_s": self.generated / self.generation_seconds if self.generation_seconds else None,
@@ -211,13 +221,6 @@ def _columns(data: BenchmarkData, records: list[dict[str, Any]]) -> dict[str, li
     problems = [data.problems[r["problem"]] for r in records]
     keys = sorted({key for p in problems for key in p})
     return {key: [p.get(key) for p in problems] for key in keys}
-
-
-def _console() -> Console:
-    console = Console(stderr=True, log_path=False)
-    if not console.is_terminal:  # logs and CI: the table and log lines unwrapped
-        console.width = 160
-    return console
 
 
 def evaluate(config: EvalConfig, console: Console | None = None) -> dict[str, Any]:

@@ -8,34 +8,15 @@ import os
 from pathlib import Path
 from typing import Any, Protocol, Union
 
-from aha.config import ConfigError
+from aha.config import EvalConfig
 from aha.data.prompts import PromptBuilder
-from aha.eval.config import EvalConfig
 from aha.rollout.base import Generation, SamplingParams
+from aha.run.layout import resolve_model_source
 
 log = logging.getLogger(__name__)
 
 Prompt = Union[str, list[dict[str, str]]]
 """Prompt text, or chat messages for a server that applies its own chat template."""
-
-
-def resolve_model_source(name: str) -> str:
-    """A model folder as given; a checkpoint directory -> its ``model/``; a run directory -> its latest
-    checkpoint's ``model/``. Other names (hub ids, .gguf files, aliases) pass through unchanged."""
-    path = Path(name)
-    if not path.is_dir():
-        return name
-    if (path / "config.json").is_file():
-        return str(path)
-    if (path / "model" / "config.json").is_file():
-        return str(path / "model")
-    from aha.trainer.checkpoint import latest_checkpoint
-
-    checkpoint = latest_checkpoint(path)
-    if checkpoint is not None and (checkpoint / "model" / "config.json").is_file():
-        return str(checkpoint / "model")
-    raise ConfigError(f"{path}: not a model folder (no config.json), a checkpoint (no model/) or a run directory "
-                      "with completed checkpoints")
 
 
 class Sampler(Protocol):
@@ -53,7 +34,7 @@ class Sampler(Protocol):
 
 
 def _builder(tokenizer: Any, config: EvalConfig) -> PromptBuilder:
-    return PromptBuilder(tokenizer, config.prompt, config.system_prompt, config.prefill_text, config.use_chat_template)
+    return PromptBuilder.from_config(tokenizer, config)
 
 
 class LocalSampler:
@@ -72,7 +53,7 @@ class LocalSampler:
             torch.set_num_threads(config.threads)
         self.model_path = resolve_model_source(config.model)
         model, self.tokenizer = load_model(self.model_path, dtype=config.dtype, device=config.device, seed=config.seed)
-        self.backend = HFBackend(model, self.tokenizer, config.batch_size)
+        self.backend = HFBackend(model, self.tokenizer, config.generation_batch_size)
         self.builder = _builder(self.tokenizer, config)
 
     def prompts(self, questions: list[str]) -> list[Prompt]:
@@ -103,7 +84,7 @@ class ServerSampler:
             from aha.models import load_tokenizer
 
             tokenizer = load_tokenizer(resolve_model_source(tokenizer_name))
-        elif config.use_chat_template and config.prompt != "plain" and not config.api_chat:
+        elif config.use_chat_template and config.prompt_template != "plain" and not config.api_chat:
             log.warning("no local tokenizer for %s: prompts use the plain layout; pass --tokenizer to use the "
                         "model's chat template, or --api-chat to let the server apply it", config.model)
         if self.chat and config.prefill_text:
@@ -119,7 +100,7 @@ class ServerSampler:
             return [self.builder.build(q) for q in questions]
         instruction = self.builder.instruction
         system = [{"role": "system", "content": instruction}] if instruction else []
-        return [system + [{"role": "user", "content": q}] for q in questions]
+        return [system + [{"role": "user", "content": self.builder.question(q)}] for q in questions]
 
     def sample(self, prompts: list[Prompt], k: int, params: SamplingParams, seed: int) -> list[Generation]:
         seeds = [seed + i * k for i in range(len(prompts))]

@@ -8,12 +8,11 @@ remembers every complete sample, so a re-run generates only the missing ones and
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any, Iterable
 
 from aha.data.readers import DataError
+from aha.utils.io import JsonlFile
 
 SampleKey = tuple[str, int, int]
 
@@ -27,29 +26,19 @@ class SampleStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.file = JsonlFile(self.path, fsync=True)
         self.samples: dict[SampleKey, dict[str, Any]] = {}
-        self.dropped_partial_line = False
-        self._load()
-
-    def _load(self) -> None:
-        if not self.path.exists():
-            return
-        raw = self.path.read_bytes()
-        end = raw.rfind(b"\n") + 1
-        if end < len(raw):  # a line cut short by a kill: drop it, it will be produced again
-            self.dropped_partial_line = True
-            with self.path.open("r+b") as f:
-                f.truncate(end)
-        for number, line in enumerate(raw[:end].split(b"\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                key = sample_key(record)
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
-                raise DataError(f"{self.path}:{number}: not a sample record ({err}); this file was not written by "
-                                "`aha eval`, or was edited: move it away to start afresh") from None
-            self.samples.setdefault(key, record)
+        self.dropped_partial_line = self.file.drop_partial_line()  # a line cut short by a kill: made again
+        try:
+            for number, record in self.file.lines():
+                try:
+                    key = sample_key(record)
+                except (KeyError, TypeError, ValueError) as err:
+                    raise ValueError(f"{self.path}:{number}: not a sample record (no {err})") from None
+                self.samples.setdefault(key, record)
+        except ValueError as err:
+            raise DataError(f"{err}; this file was not written by `aha eval`, or was edited: move it away to "
+                            "start afresh") from None
 
     def __contains__(self, key: SampleKey) -> bool:
         return key in self.samples
@@ -59,15 +48,9 @@ class SampleStore:
 
     def append(self, records: Iterable[dict[str, Any]]) -> int:
         """Write the records not yet stored, flushed to disk; returns how many were new."""
-        new = [r for r in records if sample_key(r) not in self.samples]
-        if not new:
-            return 0
-        with self.path.open("a", encoding="utf-8") as f:
-            for record in new:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                self.samples[sample_key(record)] = record
-            f.flush()
-            os.fsync(f.fileno())
+        new = {sample_key(r): r for r in records if sample_key(r) not in self.samples}
+        self.file.append(*new.values())
+        self.samples.update(new)
         return len(new)
 
     def select(self, benchmark: str, problems: int, k: int) -> list[dict[str, Any]]:

@@ -12,7 +12,8 @@ from aha.rewards import length as _length  # noqa: F401  (registers overlong, le
 from aha.rewards import math as _math  # noqa: F401  (registers accuracy)
 from aha.rewards.code import extract_code
 from aha.rewards.format import follows_format
-from aha.rewards.math import answers_equal, extract_answer, normalise_gold
+from aha.answers import extract_answer, normalise_gold
+from aha.rewards.math import answers_equal
 from aha.rewards.registry import (REWARDS, RewardResult, RewardTerm, build_rewards, get_reward, register_reward,
                                   report_failure, score)
 

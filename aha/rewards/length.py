@@ -77,7 +77,7 @@ def kimi_length_scores(sizes: list[int], correct: list[float | None], groups: li
 
 @register_reward("length")
 def length(answer_field: str = "answer", group_field: str = "question", unit: str = "tokens",
-           fallback_last_number: bool = False):
+           fallback_last_number: bool = True):
     """Kimi k1.5's length penalty (see :func:`kimi_length_scores`); correctness is the ``accuracy``
     reward's, groups are the samples sharing ``group_field`` (the prompt). None where correctness is."""
     _check_unit("length", unit)
@@ -110,7 +110,7 @@ def cosine_scaled(length: int, correct: bool, max_length: int, correct_range: tu
 @register_reward("cosine")
 def cosine(max_length: int = 1024, min_value_correct: float = 0.5, max_value_correct: float = 1.0,
            min_value_wrong: float = -1.0, max_value_wrong: float = -0.5, answer_field: str = "answer",
-           unit: str = "tokens", fallback_last_number: bool = False):
+           unit: str = "tokens", fallback_last_number: bool = True):
     """Cosine-scaled correctness (see :func:`cosine_scaled`); None where correctness is."""
     _check_unit("cosine", unit)
     if not (isinstance(max_length, int) and max_length > 0):

@@ -26,7 +26,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from aha.algorithms.registry import Registry
+from aha.utils.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +88,28 @@ def build_rewards(spec: dict[str, Any]) -> list[RewardTerm]:
     terms = []
     for label, value in spec.items():
         options = dict(value) if isinstance(value, dict) else {"weight": value}
-        weight = float(options.pop("weight", 1.0))
+        weight = options.pop("weight", 1.0)
+        if not _is_number(weight):
+            raise ValueError(f"rewards.{label}.weight must be a number, got {weight!r}")
         requires = options.pop("requires", None)
         budget = options.pop("time_budget", None)
-        if budget is not None and (not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0):
+        if budget is not None and (not _is_number(budget) or budget <= 0):
             raise ValueError(f"rewards.{label}.time_budget must be a positive number of seconds, got {budget!r}")
         name = options.pop("reward", label)
-        terms.append(RewardTerm(label, get_reward(name, **options), weight, requires, budget))
+        try:
+            fn = get_reward(name, **options)
+        except ValueError as err:
+            raise ValueError(f"rewards.{label}: {err}") from None
+        terms.append(RewardTerm(label, fn, float(weight), requires, budget))
     labels = {t.label for t in terms}
     for term in terms:
         if term.requires is not None and term.requires not in labels:
             raise ValueError(f"rewards.{term.label}.requires: {term.requires!r} is not one of {sorted(labels)}")
     return terms
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class _TimedOut(Exception):

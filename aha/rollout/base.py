@@ -1,4 +1,9 @@
-"""The generation-backend interface: prompts (token ids) in, completions with finish reasons out."""
+"""The generation-backend interface: prompts (token ids) in, completions with finish reasons out.
+
+A trainer is handed a backend and calls :meth:`GenerationBackend.sync_weights` after every optimiser
+step, so an engine that holds its own copy of the weights (vLLM, a server) samples from the current
+policy; a backend that shares the trainer's model has nothing to do there.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     """Strings that end a completion (kept in its text), besides the end-of-sequence token."""
+    logprobs: bool = False
+    """Also return each sampled token's log-probability as the engine computed it."""
 
 
 @dataclass
@@ -26,10 +33,17 @@ class Generation:
     """The decoded completion (special tokens removed), prefixed by the prompt's prefill if any."""
     finish_reason: Literal["stop", "length"]
     """``stop``: the model ended the sequence; ``length``: cut at ``max_new_tokens``."""
+    logprobs: list[float] | None = None
+    """Per token of ``token_ids``: its log-probability under the engine's temperature-scaled distribution
+    (before top-p truncation), when asked for with ``SamplingParams(logprobs=True)`` and the engine gives it.
+    A trainer compares them with its own to correct for an engine whose numerics differ."""
 
 
 class GenerationBackend(Protocol):
     """What the trainer and evaluator need from a rollout engine (transformers, vLLM, a server)."""
+
+    pad_id: int
+    """The token id that pads prompts and completions in training batches."""
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams, prefill: str = "",
                  num_samples: int = 1) -> list[Generation]:

@@ -6,23 +6,35 @@ is repeated G times, and only the new tokens are computed for each sample.
 
 from __future__ import annotations
 
-import inspect
-
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
+from aha.models import cache_keyword, output_cache
 from aha.rollout.base import Generation, SamplingParams
 
 
-def cache_keyword(model: torch.nn.Module) -> str:
-    """The forward() keyword that takes a KV cache: ``cache`` in newer transformers, else ``past_key_values``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+class _TokenLogprobs(LogitsProcessor):
+    """Records each sampled token's log-probability under softmax(logits / temperature) while generate()
+    runs: a call sees the logits of one step, and the next call (or :meth:`finish`) sees which token was
+    sampled from them. One [batch, vocab] tensor is held at a time."""
 
+    def __init__(self, temperature: float):
+        self.temperature = temperature if temperature > 0 else 1.0
+        self.pending: torch.Tensor | None = None  # [batch, vocab] log-probs of the step not yet sampled
+        self.picked: list[torch.Tensor] = []  # per step: [batch]
 
-def output_cache(output):
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else output.past_key_values
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.finish(input_ids[:, -1])
+        self.pending = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def finish(self, sampled: torch.Tensor) -> None:
+        if self.pending is not None:
+            self.picked.append(self.pending.gather(1, sampled[:, None].to(self.pending.device)).squeeze(1))
+            self.pending = None
+
+    def rows(self) -> list[list[float]]:
+        return torch.stack(self.picked, dim=1).tolist() if self.picked else []
 
 
 class HFBackend:
@@ -80,11 +92,19 @@ class HFBackend:
             sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         if params.stop:
             extra.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        recorder = _TokenLogprobs(params.temperature) if params.logprobs else None
+        if recorder is not None:
+            extra["logits_processor"] = LogitsProcessorList([recorder])
         sequences = self.model.generate(
             input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=params.max_new_tokens,
             eos_token_id=sorted(self.eos_ids), pad_token_id=self.pad_id, use_cache=True, **sampling, **extra,
         )
-        return [self._finish(row, params, prefill) for row in sequences[:, width:].tolist()]
+        generations = [self._finish(row, params, prefill) for row in sequences[:, width:].tolist()]
+        if recorder is not None:
+            recorder.finish(sequences[:, -1])
+            for generation, logprobs in zip(generations, recorder.rows()):
+                generation.logprobs = logprobs[: len(generation.token_ids)]
+        return generations
 
     def _finish(self, row: list[int], params: SamplingParams, prefill: str) -> Generation:
         """Cut a generated row at its end and say why it ended."""

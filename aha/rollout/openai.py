@@ -27,6 +27,19 @@ class ServerGeneration(Generation):
     completion_tokens: int = 0
 
 
+def _logprobs(choice: dict[str, Any]) -> list[float] | None:
+    """The sampled tokens' log-probabilities a server returned: ``logprobs.token_logprobs`` (/completions)
+    or ``logprobs.content[i].logprob`` (/chat/completions); None when it returned none."""
+    block = choice.get("logprobs")
+    if not isinstance(block, dict):
+        return None
+    if isinstance(block.get("token_logprobs"), list):
+        return [float(v) for v in block["token_logprobs"]]
+    if isinstance(block.get("content"), list):
+        return [float(item["logprob"]) for item in block["content"]]
+    return None
+
+
 class ServerError(RuntimeError):
     """The server refused a request or answered something that is not a completion."""
 
@@ -48,7 +61,17 @@ class OpenAIBackend:
         self.timeout = timeout
         self.retries = retries
 
+    @property
+    def pad_id(self) -> int:
+        """The local tokenizer's padding id (training batches need one)."""
+        if self.tokenizer is None:
+            raise ValueError("OpenAIBackend needs a local tokenizer to build training batches")
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.tokenizer.eos_token_id
+
     def sync_weights(self) -> None:
+        """A server holds its own weights: it cannot be made to follow a trainer from here (serve the
+        checkpoints, or use a backend that syncs)."""
         return None
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams, prefill: str = "",
@@ -80,6 +103,8 @@ class OpenAIBackend:
         for i, messages in enumerate(conversations):
             for j in range(num_samples):
                 payload = {"messages": messages, **self._sampling(params)}
+                if params.logprobs:
+                    payload["logprobs"] = True
                 if seeds is not None:
                     payload["seed"] = seeds[i] + j
                 payloads.append(payload)
@@ -92,6 +117,8 @@ class OpenAIBackend:
             body["top_p"] = params.top_p
         if params.stop:
             body["stop"] = list(params.stop)
+        if params.logprobs:
+            body["logprobs"] = 1  # /completions: top-1 plus the sampled token; chat: true (set in _run)
         return body
 
     def _run(self, endpoint: str, payloads: list[dict[str, Any]], prefill: str) -> list[Generation]:
@@ -110,7 +137,8 @@ class OpenAIBackend:
         text = text or ""
         token_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if self.tokenizer else []
         tokens = int(usage.get("completion_tokens") or len(token_ids))
-        return ServerGeneration(token_ids, prefill + text, "length" if reason == "length" else "stop", tokens)
+        return ServerGeneration(token_ids, prefill + text, "length" if reason == "length" else "stop",
+                                logprobs=_logprobs(choice), completion_tokens=tokens)
 
     def _post(self, endpoint: str, payload: dict[str, Any]) -> dict[str, Any]:
         url = f"{self.api_base}/{endpoint}"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from aha.rollout.hf import cache_keyword, output_cache
+from aha.models import cache_keyword, output_cache
 from aha.types import TrainBatch
 
 

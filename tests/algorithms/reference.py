@@ -3,7 +3,7 @@
 import math
 
 
-def advantages_loop(rewards, group_size, scale, eps=1e-4):
+def advantages_loop(rewards, group_size, estimator, eps=1e-4):
     out = []
     n_groups = len(rewards) // group_size
     all_mean = sum(rewards) / len(rewards)
@@ -13,13 +13,13 @@ def advantages_loop(rewards, group_size, scale, eps=1e-4):
         mean = sum(group) / group_size
         std = math.sqrt(sum((r - mean) ** 2 for r in group) / (group_size - 1)) if group_size > 1 else 0.0
         for i, r in enumerate(group):
-            if scale == "group":
+            if estimator == "group":
                 out.append((r - mean) / (std + eps))
-            elif scale == "none":
+            elif estimator == "none":
                 out.append(r - mean)
-            elif scale == "batch":
+            elif estimator == "batch":
                 out.append((r - mean) / (batch_std + eps))
-            elif scale == "rloo":
+            elif estimator == "rloo":
                 others = [x for j, x in enumerate(group) if j != i]
                 out.append(r - sum(others) / len(others) if others else 0.0)
     return out

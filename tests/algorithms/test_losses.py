@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from aha.algorithms import LOSS_TYPES, micro_batch_weight, policy_loss
+from aha.algorithms import LOSS_TYPES, policy_loss
 from tests.algorithms.reference import loss_loop
 
 # Two completions over three positions; the second has two tokens.
@@ -89,7 +89,9 @@ def test_matches_plain_loop(loss_type, beta, seed):
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo", "gspo"])
-def test_micro_batches_add_up_to_the_full_batch(loss_type):
+def test_micro_batches_with_the_batch_counts_add_up_to_the_full_batch(loss_type):
+    # each micro-batch normalises by the whole batch's sequence and token counts, so the plain sum of the
+    # micro-batch losses (gradient accumulation, or an all-reduce across ranks) is the full batch's loss
     logp, old, adv, mask, ref = _random_case(7, batch=8)
     logp.requires_grad_(True)
     full, _ = policy_loss(logp, old, adv, mask, loss_type=loss_type, beta=0.04, ref_logprobs=ref,
@@ -98,11 +100,51 @@ def test_micro_batches_add_up_to_the_full_batch(loss_type):
     total = 0.0
     for rows in torch.tensor([5, 0, 2, 7, 1, 3, 4, 6]).split(3):
         part, _ = policy_loss(logp[rows], old[rows], adv[rows], mask[rows], loss_type=loss_type, beta=0.04,
-                              ref_logprobs=ref[rows], max_completion_length=7)
-        total = total + part * micro_batch_weight(loss_type, mask[rows], 8, int(mask.sum()))
+                              ref_logprobs=ref[rows], max_completion_length=7, num_sequences=8,
+                              num_tokens=float(mask.sum()))
+        total = total + part
     (micro_grad,) = torch.autograd.grad(total, logp)
     assert total.item() == pytest.approx(full.item(), abs=1e-6)
     assert torch.allclose(micro_grad, full_grad, atol=1e-6)
+
+
+def test_the_counts_are_the_normalisers_hand_computed():
+    # dapo over the five tokens is -1.045988 / 5; told the batch has 10 tokens, the same rows give half
+    loss, _ = policy_loss(LOGP, OLD, ADV, MASK, loss_type="dapo", num_tokens=10)
+    assert loss.item() == pytest.approx(-1.045988 / 10, abs=1e-6)
+    # grpo: sum of the two sequence means (-0.948663 + 0.9) over 4 sequences
+    loss, _ = policy_loss(LOGP, OLD, ADV, MASK, loss_type="grpo", num_sequences=4)
+    assert loss.item() == pytest.approx(-0.048663 / 4, abs=1e-6)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo", "gspo"])
+def test_per_token_advantages_constant_along_a_row_equal_per_sequence_ones(loss_type):
+    logp, old, adv, mask, ref = _random_case(3)
+    per_sequence, _ = policy_loss(logp, old, adv, mask, loss_type=loss_type)
+    per_token, _ = policy_loss(logp, old, adv[:, None].expand_as(logp), mask, loss_type=loss_type)
+    assert per_token.item() == pytest.approx(per_sequence.item(), abs=1e-7)
+
+
+def test_per_token_advantages_hand_computed():
+    # row 0, A = [1, 0, 2], ratios [1.10517, 1, 0.740818]: min(rho * A, clip(rho) * A) per token is
+    # [1.10517, 0, min(1.481636, 0.8 * 2)] = [1.10517, 0, 1.481636]; row 1, A = -1: losses [0.8, 1] as before
+    # grpo = ((-1.10517 - 1.481636) / 3 + 1.8 / 2) / 2
+    adv = torch.tensor([[1.0, 0.0, 2.0], [-1.0, -1.0, 5.0]])  # the masked third token of row 1 counts for nothing
+    loss, _ = policy_loss(LOGP, OLD, adv, MASK, loss_type="grpo")
+    assert loss.item() == pytest.approx(((-1.10517 - 1.481636) / 3 + 0.9) / 2, abs=1e-5)
+
+
+def test_engine_ratio_weights_each_token_and_is_capped():
+    # engine log-probs below the trainer's old ones by [0, ln 2, ln 4] on row 0: weights [1, 2, 4] capped at 3
+    engine = OLD.clone()
+    engine[0] = OLD[0] - torch.tensor([0.0, math.log(2), math.log(4)])
+    loss, stats = policy_loss(LOGP, OLD, ADV, MASK, loss_type="dapo", engine_logprobs=engine, engine_ratio_cap=3.0)
+    # row 0 token losses -[1.10517, 1, 0.740818] * [1, 2, 3]; row 1 unchanged [0.8, 1]
+    expected = (-(1.10517 + 2 * 1 + 3 * 0.740818) + 1.8) / 5
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+    assert stats["engine_ratio"] == pytest.approx((1 + 2 + 3 + 1 + 1) / 5)
+    off, _ = policy_loss(LOGP, OLD, ADV, MASK, loss_type="dapo", engine_logprobs=engine)  # cap 0: off
+    assert off.item() == pytest.approx(-0.2091976, abs=1e-6)
 
 
 def test_ratio_one_gives_the_plain_policy_gradient():

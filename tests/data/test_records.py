@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from aha.data.records import DataError, join_parts, load_jsonl, load_records, parse_field_map
+from aha.data.records import DataError, join_parts, load_records, parse_field_map
 
 
 def write(tmp_path, name: str, content: str | bytes):
@@ -152,9 +152,9 @@ def test_composite_fields_join_like_the_harnesses():
     assert join_parts(["Body only", None]) == "Body only"
 
 
-def test_load_jsonl_keeps_its_contract(tmp_path):
+def test_mapped_fields_are_added_and_the_source_fields_kept(tmp_path):
     path = write(tmp_path, "t.jsonl", '{"problem": "1+1?", "answer": "2", "extra": 1}\n')
-    assert load_jsonl(path, {"question": "problem"}) == [{"problem": "1+1?", "answer": "2", "extra": 1,
-                                                          "question": "1+1?"}]
+    assert load_records(path, {"question": "problem"}).records == [{"problem": "1+1?", "answer": "2", "extra": 1,
+                                                                   "question": "1+1?"}]
     with pytest.raises(DataError, match=r"t.jsonl:1: missing field 'question'"):
-        load_jsonl(path)
+        load_records(path)

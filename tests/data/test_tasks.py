@@ -1,5 +1,6 @@
 import pytest
 
+from aha.data.records import DataError
 from aha.data.tasks import make_task
 
 
@@ -27,8 +28,36 @@ def test_chain_sum_examples_are_deterministic_by_index_and_difficulty_is_settabl
 def test_bad_task_options_are_clear_errors():
     with pytest.raises(ValueError, match="task 'chain_sum' with options"):
         make_task("chain_sum", {"min_terms": 4, "max_terms": 2}, eval_size=5)
-    with pytest.raises(ValueError, match="unknown task 'sudoku'; valid: chain_sum"):
+    with pytest.raises(ValueError, match="unknown task 'sudoku'; built in: chain_sum, or give a dataset"):
         make_task("sudoku")
+    with pytest.raises(ValueError, match="field_map and eval_dataset apply to datasets only"):
+        make_task("chain_sum", field_map={"question": "q"})
+
+
+def test_chain_sum_defaults_are_two_to_three_one_digit_terms():
+    task = make_task("chain_sum", eval_size=50)
+    terms = {ex["question"].rsplit(":", 1)[1].count("+") + ex["question"].rsplit(":", 1)[1].count("-") + 1
+             for ex in task.eval_examples()}
+    assert terms == {2, 3}
+
+
+@pytest.mark.parametrize("suffix", ["csv", "json", "parquet"])
+def test_a_dataset_task_may_be_any_data_file(tmp_path, suffix):
+    import pandas as pd
+
+    rows = pd.DataFrame({"problem": [f"q{i}" for i in range(6)], "solution": [str(i) for i in range(6)]})
+    path = tmp_path / f"train.{suffix}"
+    {"csv": lambda: rows.to_csv(path, index=False), "json": lambda: rows.to_json(path, orient="records"),
+     "parquet": lambda: rows.to_parquet(path)}[suffix]()
+    task = make_task(str(path), eval_size=2, field_map={"question": "problem", "answer": "solution"})
+    assert [ex["question"] for ex in task.eval_examples()] == ["q4", "q5"]
+
+
+def test_a_dataset_row_without_the_mapped_field_names_file_and_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"problem": "q0", "solution": "0"}\n{"problem": "q1"}\n')
+    with pytest.raises(DataError, match=r"train.jsonl:2: missing field 'solution' \(mapped to 'answer'\)"):
+        make_task(str(path), eval_size=0, field_map={"question": "problem", "answer": "solution"})
 
 
 def test_jsonl_task_holds_out_its_last_rows(tmp_path):

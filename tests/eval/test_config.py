@@ -6,7 +6,7 @@ import pytest
 
 from aha.cli import build_parser, eval_config
 from aha.config import ConfigError
-from aha.eval.config import EvalConfig
+from aha.config import EvalConfig
 
 
 def parse(*argv: str) -> EvalConfig:
@@ -19,7 +19,7 @@ def test_the_issue_flags_work_as_written():
                    "--api-base", "http://127.0.0.1:8000/v1")
     assert (config.model, config.benchmarks, config.k, config.temperature, config.top_p) == (
         "runs/x", ["math500", "aime24"], 64, 0.6, 0.95)
-    assert (config.max_new_tokens, config.limit, config.prompt, config.output, config.api_base) == (
+    assert (config.max_completion_length, config.limit, config.prompt_template, config.output_dir, config.api_base) == (
         2048, 10, "chat", "out", "http://127.0.0.1:8000/v1")
 
 
@@ -28,7 +28,7 @@ def test_values_keep_their_types():
                    "--system-prompt", "Answer: briefly", "--stop", "</answer>", "--no-use-chat-template",
                    "--question-template", "{question} Put the answer in \\boxed{}.", "--on-error", "skip")
     assert config.pass_k == [1, 4] and config.field_map == {"question": "Body+Question", "answer": "Answer"}
-    assert config.system_prompt == "Answer: briefly" and config.stop == ["</answer>"]
+    assert config.system_prompt == "Answer: briefly" and config.stop_strings == ["</answer>"]
     assert config.use_chat_template is False and config.on_error == "skip"
     assert config.question_template == "{question} Put the answer in \\boxed{}."
 
@@ -40,8 +40,20 @@ def test_bad_values_are_refused_with_the_reason():
         parse("m", "--pass-k", "8")
     with pytest.raises(ConfigError, match="on_error: must be one of 'raise', 'skip'"):
         parse("m", "--on-error", "ignore")
-    with pytest.raises(ConfigError, match="model: give the model to evaluate"):
-        parse("--k", "1")
+    with pytest.raises(ConfigError, match="temperature: 0 is greedy decoding"):
+        parse("m", "--k", "2", "--temperature", "0")
+
+
+def test_without_a_model_the_default_model_is_evaluated():
+    assert parse("--k", "1").model == "smollm2-135m-instruct"
+
+
+def test_the_former_flag_names_are_the_same_settings():
+    new = parse("m", "--max-completion-length", "64", "--prompt-template", "chat", "--stop-strings", "</a>",
+                "--generation-batch-size", "4", "--output-dir", "o")
+    old = parse("m", "--max-new-tokens", "64", "--prompt", "chat", "--stop", "</a>", "--batch-size", "4",
+                "--output", "o")
+    assert new == old
 
 
 def test_a_yaml_file_then_flags(tmp_path):

@@ -2,14 +2,14 @@
 
 import pytest
 
-from aha.eval.grading import GradeSpec, Grader, check_reward_exists, grade, math_spec
+from aha.eval.grading import GradeSpec, Grader, check_reward_exists, grade, grade_spec
 
 COMPLETIONS = ["<think>half</think> <answer>\\frac{1}{2}</answer>", "I think it is 0.5", "no idea", "<answer>3</answer>"]
 GOLDS = ["0.5", "1/2", "0.5", "4"]
 
 
 def test_grade_records_answer_verdict_and_format():
-    graded = grade(math_spec(fallback_last_number=True), COMPLETIONS, {"answer": GOLDS})
+    graded = grade(grade_spec("accuracy", fallback_last_number=True), COMPLETIONS, {"answer": GOLDS})
     assert [g["extracted"] for g in graded] == ["\\frac{1}{2}", "0.5", None, "3"]
     assert [g["correct"] for g in graded] == [True, True, False, False]
     assert [g["score"] for g in graded] == [1.0, 1.0, 0.0, 0.0]
@@ -17,13 +17,13 @@ def test_grade_records_answer_verdict_and_format():
 
 
 def test_without_the_last_number_fallback_only_tags_and_boxes_count():
-    graded = grade(math_spec(fallback_last_number=False), COMPLETIONS, {"answer": GOLDS})
+    graded = grade(grade_spec("accuracy", fallback_last_number=False), COMPLETIONS, {"answer": GOLDS})
     assert [g["correct"] for g in graded] == [True, False, False, False]
     assert graded[1]["extracted"] is None
 
 
 def test_worker_processes_grade_like_the_inline_path():
-    spec = math_spec(True)
+    spec = grade_spec("accuracy")
     with Grader(workers=1) as pool, Grader(workers=0) as inline:
         pooled = pool.submit(spec, COMPLETIONS, {"answer": GOLDS}).result(timeout=120)
         assert pooled == inline.submit(spec, COMPLETIONS, {"answer": GOLDS}).result()
@@ -31,7 +31,7 @@ def test_worker_processes_grade_like_the_inline_path():
 
 
 def test_a_benchmark_whose_reward_is_missing_fails_early_with_the_valid_names():
-    check_reward_exists(math_spec(True), "gsm8k")
+    check_reward_exists(grade_spec("accuracy"), "gsm8k")
     with pytest.raises(ValueError, match=r"benchmark 'x' is graded by the 'nope' reward, which this installation does "
                                          r"not have; registered rewards: accuracy, "):
         check_reward_exists(GradeSpec("nope"), "x")

@@ -13,7 +13,7 @@ import pytest
 import aha.eval.runner as runner
 from aha.cli import main
 from aha.config import ConfigError
-from aha.eval.config import EvalConfig
+from aha.config import EvalConfig
 from aha.eval.samples import SampleStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,8 +64,8 @@ def test_cli_writes_consistent_results_and_samples(shared_data, tmp_path, capsys
 
 def test_an_interrupted_evaluation_resumes_to_the_same_samples(shared_data, tmp_path, monkeypatch):
     def config(out: Path) -> EvalConfig:
-        return EvalConfig(model="tiny:qwen2", benchmarks=["gsm8k", "aime24"], limit=5, k=2, max_new_tokens=12,
-                          prompt="chat", batch_size=2, data_dir=str(shared_data), output=str(out), grader_workers=0)
+        return EvalConfig(model="tiny:qwen2", benchmarks=["gsm8k", "aime24"], limit=5, k=2, max_completion_length=12,
+                          prompt_template="chat", generation_batch_size=2, data_dir=str(shared_data), output_dir=str(out), grader_workers=0)
 
     whole = runner.evaluate(config(tmp_path / "whole"))
 
@@ -134,5 +134,5 @@ def test_resuming_with_other_sampling_settings_is_refused(shared_data, tmp_path,
 
 
 def test_greedy_needs_k_1():
-    with pytest.raises(ConfigError, match="temperature 0 is greedy decoding: its 4 samples would be identical"):
+    with pytest.raises(ConfigError, match="temperature: 0 is greedy decoding: its 4 samples would be identical"):
         EvalConfig(model="m", k=4, temperature=0).validate()

@@ -6,9 +6,9 @@ import pytest
 
 from aha.config import ConfigError
 from aha.data.benchmarks import load_benchmark
-from aha.eval.config import EvalConfig
+from aha.config import EvalConfig
 from aha.eval.runner import evaluate
-from aha.eval.samplers import resolve_model_source
+from aha.run import RunDirError, resolve_model_source
 from tests.rollout.fake_server import FakeServer
 
 
@@ -26,7 +26,7 @@ def test_model_folders_checkpoints_and_run_directories(tmp_path):
     for name in ("tiny:qwen2", "org/model", "model.gguf"):
         assert resolve_model_source(name) == name
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ConfigError, match="not a model folder"):
+    with pytest.raises(RunDirError, match="not a model folder"):
         resolve_model_source(str(tmp_path / "empty"))
 
 
@@ -41,7 +41,7 @@ def test_a_served_model_end_to_end(shared_data, tmp_path):
 
     with FakeServer(reply) as server:
         config = EvalConfig(model="served", api_base=server.url, benchmarks=["gsm8k"], limit=3, k=3, pass_k=[2],
-                            data_dir=str(shared_data), output=str(tmp_path / "out"), grader_workers=0)
+                            data_dir=str(shared_data), output_dir=str(tmp_path / "out"), grader_workers=0)
         results = evaluate(config)
     assert problems[2]["answer"] == "70000"
     m = results["benchmarks"]["gsm8k"]
@@ -60,7 +60,7 @@ def test_a_served_model_end_to_end(shared_data, tmp_path):
 def test_chat_mode_sends_messages(shared_data, tmp_path):
     with FakeServer(lambda body: "<think>x</think> <answer>18</answer>") as server:
         config = EvalConfig(model="served", api_base=server.url, api_chat=True, benchmarks=["gsm8k"], limit=1, k=1,
-                            temperature=0.0, prompt="chat", data_dir=str(shared_data), output=str(tmp_path / "out"),
+                            temperature=0.0, prompt_template="chat", data_dir=str(shared_data), output_dir=str(tmp_path / "out"),
                             question_template="{question} Put the final answer in \\boxed{}.", grader_workers=0)
         results = evaluate(config)
     question = load_benchmark("gsm8k", shared_data, limit=1).problems[0]["question"]
@@ -77,7 +77,7 @@ def test_a_run_directory_is_evaluated_from_its_latest_checkpoint(shared_data, tm
     save_hf_folder(model, tokenizer, checkpoint / "model")
     (checkpoint / "trainer_state.pt").write_bytes(b"")
     config = EvalConfig(model=str(tmp_path / "runs" / "x"), benchmarks=["amc23"], limit=2, k=1, temperature=0.0,
-                        max_new_tokens=4, prompt="plain", data_dir=str(shared_data), output=str(tmp_path / "out"),
+                        max_completion_length=4, prompt_template="plain", data_dir=str(shared_data), output_dir=str(tmp_path / "out"),
                         grader_workers=0)
     results = evaluate(config)
     assert results["model_path"] == str(checkpoint / "model")

@@ -107,7 +107,8 @@ def test_accuracy_edge_cases():
     completions = ["<answer></answer>", "<answer>" + "1" * 500 + "</answer>", "no answer at all", "it is 42",
                    "<answer>42</answer>"]
     assert reward(completions, answer=["42", "42", "42", "42", None]) == [0.0, 0.0, 0.0, 1.0, None]
-    assert get_reward("accuracy")(["42"], answer=["42"]) == [0.0]  # no tag, no box, no fallback
+    assert get_reward("accuracy")(["it is 42"], answer=["42"]) == [1.0]  # the last number, by default
+    assert get_reward("accuracy", fallback_last_number=False)(["it is 42"], answer=["42"]) == [0.0]  # no tag, no box
     with pytest.raises(KeyError, match="solution"):
         get_reward("accuracy", answer_field="solution")(["1"], answer=["1"])
     with pytest.raises(ValueError, match="fallback_last_number"):

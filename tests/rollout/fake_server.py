@@ -11,7 +11,8 @@ from typing import Any, Callable
 class FakeServer:
     """Serves ``POST /v1/completions`` and ``/v1/chat/completions``; records every request body."""
 
-    def __init__(self, reply: Callable[[dict[str, Any]], str], finish_reason: str = "stop", fail_first: int = 0):
+    def __init__(self, reply: Callable[[dict[str, Any]], str], finish_reason: str = "stop", fail_first: int = 0,
+                 logprobs: list[float] | None = None):
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.fail_first = fail_first
@@ -35,6 +36,9 @@ class FakeServer:
                     self._send(404, {"error": f"no route {self.path}"})
                     return
                 choice["finish_reason"] = finish_reason
+                if logprobs is not None and body.get("logprobs"):
+                    choice["logprobs"] = ({"content": [{"token": "t", "logprob": v} for v in logprobs]}
+                                          if "message" in choice else {"token_logprobs": logprobs})
                 self._send(200, {"choices": [choice], "usage": {"completion_tokens": len(text.split())}})
 
             def _send(self, code: int, payload: dict) -> None:

@@ -47,3 +47,17 @@ def test_busy_server_is_retried_and_errors_are_clear():
             OpenAIBackend(server.url, "m", retries=0).generate_text(["q"], SamplingParams(4))
     with pytest.raises(ServerError, match=r"cannot reach the server"):
         OpenAIBackend("http://127.0.0.1:9/v1", "m", retries=0, timeout=5).generate_text(["q"], SamplingParams(4))
+
+
+def test_the_servers_token_logprobs_are_carried_when_asked_for():
+    def reply(body):
+        return "a b"
+
+    with FakeServer(reply, logprobs=[-0.5, -1.25]) as server:
+        backend = OpenAIBackend(server.url, "m")
+        gens = backend.generate_text(["q"], SamplingParams(4, logprobs=True))
+        chat = backend.generate_chat([[{"role": "user", "content": "q"}]], SamplingParams(4, logprobs=True))
+        plain = backend.generate_text(["q"], SamplingParams(4))
+    assert gens[0].logprobs == [-0.5, -1.25] and chat[0].logprobs == [-0.5, -1.25]
+    assert server.requests[0]["logprobs"] == 1 and server.requests[1]["logprobs"] is True
+    assert "logprobs" not in server.requests[2] and plain[0].logprobs is None

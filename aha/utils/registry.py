@@ -1,4 +1,4 @@
-"""A tiny name -> function registry, so that variants are registered functions, not `elif` chains."""
+"""A name -> object registry, so that variants are registered by name, not chosen in `elif` chains."""
 
 from __future__ import annotations
 

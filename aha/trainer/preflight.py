@@ -1,0 +1,61 @@
+"""Every input a run needs, checked before any model loads: the task and its data, every reward and its
+options, the model source. Each failure is one line naming the file and line or the field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aha.config import ConfigError
+from aha.data.readers import DataError
+from aha.data.tasks import Task, make_task
+from aha.models import model_source_problem
+from aha.rewards import RewardTerm, build_rewards
+from aha.run import RunDirError, resolve_model_source
+
+
+@dataclass
+class Inputs:
+    task: Task
+    rewards: list[RewardTerm]
+    model_source: str
+    """The loadable name of the model: a run or checkpoint directory resolved to its model folder."""
+
+
+def check_model(config) -> str:
+    """The model's loadable source, or a ConfigError naming the field ``model``."""
+    try:
+        source = resolve_model_source(config.model)
+    except RunDirError as err:
+        raise config.error("model", str(err)) from None
+    problem = model_source_problem(source)
+    if problem:
+        raise config.error("model", problem)
+    return source
+
+
+def check_rewards(config) -> list[RewardTerm]:
+    try:
+        return build_rewards(config.rewards)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{config.where('rewards')}{err}") from None
+
+
+def check_task(config) -> Task:
+    try:
+        return make_task(config.task, config.task_options, config.eval_size, config.seed, config.field_map,
+                         config.eval_dataset)
+    except DataError:
+        raise  # already names file:line
+    except (ValueError, TypeError) as err:
+        raise config.error("task", str(err)) from None
+
+
+def check_inputs(config, task: Task | None = None) -> Inputs:
+    """The task (``task`` when one is handed in), rewards and model source of an RL config, or the first
+    problem with any of them."""
+    rewards = check_rewards(config)
+    task = task or check_task(config)
+    return Inputs(task, rewards, check_model(config))
+
+
+__all__ = ["ConfigError", "DataError", "Inputs", "check_inputs", "check_model", "check_rewards", "check_task"]
