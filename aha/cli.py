@@ -36,6 +36,17 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sft(args: argparse.Namespace) -> int:
+    from aha.config import SFTConfig
+
+    recipe, overrides = _split_recipe(args.settings)
+    config = load_config(SFTConfig, recipe, overrides)
+    from aha.trainer.sft import SFTTrainer
+
+    SFTTrainer.from_config(config).fit()
+    return 0
+
+
 def _plot(args: argparse.Namespace) -> int:
     from aha.analysis import plot_run
 
@@ -131,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("settings", nargs="*", metavar="RECIPE.yaml | key=value",
                        help="an optional YAML recipe, then field overrides")
     train.set_defaults(func=_train)
+    _add_sft(sub)
     plot = sub.add_parser("plot", help="draw a run's training curves (reward, accuracy, format, length) to a PNG")
     plot.add_argument("run_dir", help="a run directory (holds metrics.jsonl)")
     plot.add_argument("--out", help="the PNG to write (default: RUN_DIR/curves.png)")
@@ -161,6 +173,7 @@ def _data_check(args: argparse.Namespace) -> int:
 def _data_decontaminate(args: argparse.Namespace) -> int:
     from aha.data.benchmarks import BENCHMARKS, load_benchmark
     from aha.data.decontaminate import find_contamination, without_rows
+    from aha.utils.io import atomic_write_text, jsonl_text
 
     rows, loaded = _load_source(args.train, args.field_map, args.on_error)
     if loaded.skipped:
@@ -183,8 +196,7 @@ def _data_decontaminate(args: argparse.Namespace) -> int:
             raise ConfigError("--output needs every training row to be valid (the skipped rows would be dropped "
                               "silently); fix them, or run `aha data check` to list them")
         kept = without_rows(usable, report.contaminated_rows)
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
+        atomic_write_text(args.output, jsonl_text(kept))
         print(f"wrote {len(kept)} rows to {args.output}")
     return 0
 
@@ -214,6 +226,22 @@ def _add_data(sub) -> None:
     decon.add_argument("--ngram", type=int, default=8, help="n of the word n-grams (default 8)")
     decon.add_argument("--output", metavar="CLEAN.jsonl", help="write the training rows that are not contaminated")
     decon.set_defaults(func=_data_decontaminate)
+
+
+def _add_sft(sub) -> None:
+    from aha.config import SFTConfig
+
+    sft = sub.add_parser(
+        "sft", help="supervised fine-tuning (cold-start traces, distillation students)",
+        description="Fine-tune a model on conversations or prompt/completion pairs; the loss is on the response "
+                    "tokens. Same run directory, checkpoints and resume as aha train.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  aha sft model=smollm2-135m-instruct dataset=traces.jsonl output_dir=runs/sft\n"
+               "  aha sft recipes/smollm2/sft-cold-start.yaml lora_rank=16\n  aha sft output_dir=runs/sft resume=true\n"
+               "\nfields (set in a YAML recipe or as key=value):\n" + describe_fields(SFTConfig))
+    sft.add_argument("settings", nargs="*", metavar="RECIPE.yaml | key=value",
+                     help="an optional YAML recipe, then field overrides")
+    sft.set_defaults(func=_sft)
 
 
 def _add_eval(sub) -> None:

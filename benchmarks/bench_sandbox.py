@@ -44,7 +44,8 @@ def measure_human_eval(sandbox: Sandbox) -> str:
     results = sandbox.map(jobs)
     elapsed = time.perf_counter() - start
     verified = sum(r[0].verified for r in results)
-    return f"{len(jobs)} runs in {elapsed:6.2f} s = {len(jobs) / elapsed:6.1f} runs/s  ({verified}/{len(jobs)} verified)"
+    rate = len(jobs) / elapsed
+    return f"{len(jobs)} runs in {elapsed:6.2f} s = {rate:6.1f} runs/s  ({verified}/{len(jobs)} verified)"
 
 
 def main() -> None:

@@ -106,7 +106,8 @@ def trl_child(args, out: Path) -> None:
 
 
 def table(results: dict) -> str:
-    lines = ["| trainer | steps | train min | wall min | peak RSS GB | strict before → after | lenient before → after |",
+    lines = ["| trainer | steps | train min | wall min | peak RSS GB | strict before → after "
+             "| lenient before → after |",
              "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         b, a = r["before"], r["after"]

@@ -105,7 +105,8 @@ def test_every_module_belongs_to_a_layer():
 
 
 @pytest.mark.parametrize("module, source, expected", [
-    ("aha.eval.runner", "def f():\n    from aha.trainer.core import Trainer\n", ["aha.eval.runner imports aha.trainer"]),
+    ("aha.eval.runner", "def f():\n    from aha.trainer.core import Trainer\n",
+     ["aha.eval.runner imports aha.trainer"]),
     ("aha.data.tasks", "from aha.rewards import score\n", ["aha.data.tasks imports aha.rewards"]),
     ("aha.algorithms.losses", "import json\nfrom aha.utils.registry import Registry\n",
      ["aha.algorithms.losses imports json"]),

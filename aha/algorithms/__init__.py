@@ -2,7 +2,7 @@
 loop, no I/O; variants are registered by name."""
 
 from aha.algorithms.advantages import ADVANTAGE_ESTIMATORS, AdvantageInputs, compute_advantages
-from aha.algorithms.logprobs import masked_mean, token_entropy, token_logprobs
+from aha.algorithms.logprobs import token_entropy, token_logprobs
 from aha.algorithms.losses import LOSS_TYPES, kl_k3, policy_loss
 
 __all__ = [
@@ -11,7 +11,6 @@ __all__ = [
     "LOSS_TYPES",
     "compute_advantages",
     "kl_k3",
-    "masked_mean",
     "policy_loss",
     "token_entropy",
     "token_logprobs",

@@ -35,7 +35,7 @@ class AdvantageInputs:
 
 
 Estimator = Callable[[AdvantageInputs, float], torch.Tensor]
-ADVANTAGE_ESTIMATORS: Registry = Registry("advantage estimator")
+ADVANTAGE_ESTIMATORS: Registry[Estimator] = Registry("advantage estimator")
 
 
 def _grouped(rewards: torch.Tensor, group_size: int) -> torch.Tensor:

@@ -30,9 +30,3 @@ def token_entropy(logits: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
         logp = torch.log_softmax(flat[start : start + chunk_size].float(), dim=-1)
         pieces.append(-(logp.exp() * logp).sum(dim=-1))
     return torch.cat(pieces).view(logits.shape[:-1])
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
-    """Mean of ``values`` where ``mask`` is set; 0.0 when nothing is."""
-    mask = mask.to(values.dtype)
-    return float((values * mask).sum() / mask.sum().clamp(min=1))

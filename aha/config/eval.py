@@ -7,7 +7,7 @@ import typing
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from aha.config.sections import ModelSection, PromptSection, RunSection, SamplingSection
+from aha.config.sections import FieldMapSection, ModelSection, PromptSection, RunSection, SamplingSection
 
 
 @dataclass
@@ -23,7 +23,7 @@ class PaperSampling(SamplingSection):
 
 
 @dataclass
-class EvalConfig(RunSection, PaperSampling, PromptSection, ModelSection):
+class EvalConfig(RunSection, PaperSampling, PromptSection, FieldMapSection, ModelSection):
     """Evaluate a model on benchmarks the way the R1 paper does: k samples per problem, pass@1, pass@k, cons@k."""
 
     command: typing.ClassVar[str] = "eval"
@@ -48,9 +48,6 @@ class EvalConfig(RunSection, PaperSampling, PromptSection, ModelSection):
     dataset file, folder or hub name (read with field_map)."""
     data_dir: Optional[str] = None
     """Folder holding the benchmark files; default $AHA_DATA_DIR, else ./data, else shared/data beside the checkout."""
-    field_map: dict[str, str] = dataclasses.field(default_factory=dict)
-    """For benchmarks given as files: ours=theirs pairs, e.g. `question=problem answer=answer`, composite
-    `question=Body+Question`."""
     on_error: Literal["raise", "skip"] = "raise"
     """A malformed row (missing or empty field, bad JSON, non-UTF-8): raise (stop with file:line) or skip and count."""
     limit: int = 0
@@ -58,7 +55,8 @@ class EvalConfig(RunSection, PaperSampling, PromptSection, ModelSection):
 
     # --- samples and grading -----------------------------------------------------------------------
     k: int = 4
-    """Samples per problem: pass@1 is their mean correctness, pass@k and cons@k use all k. Greedy: --k 1 --temperature 0."""
+    """Samples per problem: pass@1 is their mean correctness, pass@k and cons@k use all k. Greedy: --k 1
+    --temperature 0."""
     pass_k: list[int] = dataclasses.field(default_factory=list)
     """Also report pass@k for these k (each <= k), e.g. 1,8."""
     fallback_last_number: bool = True

@@ -7,13 +7,13 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from aha.config.sections import (CheckpointSection, ModelSection, OptimSection, PromptSection, RunSection,
-                                 SamplingSection, TaskSection, TuningSection)
+from aha.config.sections import (CheckpointSection, FieldMapSection, ModelSection, OptimSection, PromptSection,
+                                 RunSection, SamplingSection, TaskSection, TuningSection)
 
 
 @dataclass
-class GRPOConfig(CheckpointSection, RunSection, OptimSection, SamplingSection, PromptSection, TaskSection,
-                 TuningSection, ModelSection):
+class GRPOConfig(CheckpointSection, RunSection, OptimSection, SamplingSection, PromptSection, FieldMapSection,
+                 TaskSection, TuningSection, ModelSection):
     """R1-Zero reinforcement learning with GRPO (and its variants) on verifiable rewards."""
 
     command: typing.ClassVar[str] = "train"

@@ -17,8 +17,7 @@ import textwrap
 import types
 import typing
 from pathlib import Path
-from dataclasses import dataclass
-from typing import Any, Literal, Optional, TypeVar, Union
+from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
@@ -121,7 +120,8 @@ def _key_lines(text: str) -> dict[str, int]:
 def _unknown(cls: type, key: str, where: str) -> ConfigError:
     names = [f.name for f in dataclasses.fields(cls)]
     close = difflib.get_close_matches(key, names, n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; run `aha {getattr(cls, 'command', 'train')} --help` for the fields"
+    command = getattr(cls, "command", "train")
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; run `aha {command} --help` for the fields"
     return ConfigError(f"{where}: unknown field {key!r} for {cls.__name__}{hint}")
 
 

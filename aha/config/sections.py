@@ -35,7 +35,8 @@ class ModelSection(Config):
     """CPU threads for torch; 0 keeps torch's default (one per core)."""
 
     def check(self) -> None:
-        self.require(bool(self.model), "model", "give the model (an HF folder or id, a run directory, a .gguf file, ...)")
+        self.require(bool(self.model), "model",
+                     "give the model (an HF folder or id, a run directory, a .gguf file, ...)")
         self.require(self.dtype in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"), "dtype",
                      f"must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         self.require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
@@ -203,8 +204,6 @@ class TaskSection(Config):
     task_options: dict[str, typing.Any] = dataclasses.field(default_factory=dict)
     """Options of the built-in task (empty: its own defaults); for chain_sum min_terms (2), max_terms (3),
     min_digits (1), max_digits (1)."""
-    field_map: dict[str, str] = dataclasses.field(default_factory=dict)
-    """For a dataset: our field name -> the file's, e.g. {question: problem}; composite `Body + Question`."""
     eval_dataset: Optional[str] = None
     """For a dataset: a separate held-out file; without it the last eval_size rows are held out."""
     eval_size: int = 100
@@ -213,3 +212,12 @@ class TaskSection(Config):
     def check(self) -> None:
         self.require(bool(self.task), "task", "give a built-in task name or a dataset")
         self.require_non_negative("eval_size")
+
+
+@dataclass
+class FieldMapSection(Config):
+    """How a dataset's fields are read."""
+
+    field_map: dict[str, str] = dataclasses.field(default_factory=dict)
+    """For a dataset: our field name -> the file's, e.g. {question: problem, answer: solution}; a composite
+    field joins several, {question: Body + Question} (on the command line `question=Body+Question`)."""

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from aha.answers import last_boxed, normalise_gold
 from aha.data.readers import DataError, read_file
 from aha.data.records import LoadResult, OnError, collect_records, load_records
-from aha.answers import last_boxed, normalise_gold
 
 DATA_DIR_ENV = "AHA_DATA_DIR"
 _UNIT_SUFFIX = re.compile(r"\s*\([^()]*\)\s*$")

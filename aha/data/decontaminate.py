@@ -61,7 +61,8 @@ class DecontaminationReport:
         return out
 
 
-def find_contamination(train_questions: list[str], benchmarks: dict[str, list[str]], n: int = 8) -> DecontaminationReport:
+def find_contamination(train_questions: list[str], benchmarks: dict[str, list[str]],
+                       n: int = 8) -> DecontaminationReport:
     """Every (training row, benchmark problem) pair that shares a word n-gram; the first shared n-gram is kept."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-from aha.data.readers import DataError, RawRow, read_file, read_rows
+from aha.data.readers import DataError, RawRow, read_rows
 
 __all__ = ["DataError", "LoadResult", "load_records", "make_record", "parse_field_map"]
 

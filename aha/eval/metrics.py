@@ -7,7 +7,6 @@ the same one that pays the training reward.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -44,7 +43,8 @@ class AnswerClass:
     count: int
 
 
-def answer_classes(answers: Iterable[str | None], equal: Callable[[str, str], bool] = answers_equal) -> list[AnswerClass]:
+def answer_classes(answers: Iterable[str | None],
+                   equal: Callable[[str, str], bool] = answers_equal) -> list[AnswerClass]:
     """Pool answers into classes of equivalent ones; None and blank answers cast no vote.
 
     Each answer joins the first class whose representative it equals (identical strings are pooled
@@ -87,7 +87,8 @@ def vote_winner(answers: list[str | None], equal: Callable[[str, str], bool] = a
     return best
 
 
-def benchmark_metrics(samples: list[dict[str, Any]], votes: dict[int, bool | None], pass_ks: list[int]) -> dict[str, Any]:
+def benchmark_metrics(samples: list[dict[str, Any]], votes: dict[int, bool | None],
+                      pass_ks: list[int]) -> dict[str, Any]:
     """Per-benchmark metrics from graded samples (see docs/evaluation.md for the definitions).
 
     samples: records with ``problem``, ``correct``, ``tokens``, ``finish_reason``, ``format``, ``extracted``.

@@ -27,7 +27,7 @@ from rich.console import Console
 
 from aha.config import ConfigError, EvalConfig, aliases, save_config
 from aha.data.benchmarks import BenchmarkData, load_benchmark
-from aha.eval.grading import GradeSpec, Grader, check_reward_exists, grade_spec
+from aha.eval.grading import Grader, GradeSpec, check_reward_exists, grade_spec
 from aha.eval.metrics import benchmark_metrics
 from aha.eval.report import EvalProgress, results_table, versions
 from aha.eval.samplers import Sampler, make_sampler
@@ -114,7 +114,8 @@ class Evaluation:
         for data in self.datasets:
             check_reward_exists(self.specs[data.name], data.name)
             if data.skipped:
-                self.console.log(f"{data.name}: skipped {len(data.skipped)} malformed rows; the first: {data.skipped[0]}")
+                self.console.log(f"{data.name}: skipped {len(data.skipped)} malformed rows; the first: "
+                                 f"{data.skipped[0]}")
         self.store = SampleStore(self.out / "samples.jsonl")
         self.generated = 0
         self.generated_tokens = 0
@@ -168,7 +169,8 @@ class Evaluation:
                 records.append({
                     "benchmark": data.name, "problem": index, "sample": s,
                     "id": problem.get(data.benchmark.id_field) if data.benchmark.id_field else None,
-                    "question": questions[offset], "prompt": prompts[offset], "completion": gen.text, "answer": problem["answer"],
+                    "question": questions[offset], "prompt": prompts[offset], "completion": gen.text,
+                    "answer": problem["answer"],
                     "finish_reason": gen.finish_reason, "tokens": tokens,
                 })
         return records

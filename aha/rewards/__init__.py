@@ -5,14 +5,13 @@ Every reward has the TRL signature ``f(completions: list[str], **columns) -> lis
 cosine, repetition, code.
 """
 
-from aha.rewards import code as _code  # noqa: F401  (registers code)
-from aha.rewards import format as _format  # noqa: F401  (registers format, tag_count)
-from aha.rewards import language as _language  # noqa: F401  (registers language)
-from aha.rewards import length as _length  # noqa: F401  (registers overlong, length, cosine, repetition)
-from aha.rewards import math as _math  # noqa: F401  (registers accuracy)
+from aha.answers import extract_answer, normalise_gold
+
+# importing a reward module registers its rewards: code; format, tag_count; language; overlong, length,
+# cosine, repetition; accuracy
+from aha.rewards import code, format, language, length, math  # noqa: F401
 from aha.rewards.code import extract_code
 from aha.rewards.format import follows_format
-from aha.answers import extract_answer, normalise_gold
 from aha.rewards.math import answers_equal
 from aha.rewards.registry import (REWARDS, RewardResult, RewardTerm, build_rewards, get_reward, register_reward,
                                   report_failure, score)

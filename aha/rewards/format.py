@@ -6,8 +6,8 @@ import re
 
 from aha.rewards.registry import register_reward
 
-_STRICT = re.compile(r"^\s*<think>(?:(?!<think>|</think>).)*</think>\s*<answer>(?:(?!<answer>|</answer>).)+</answer>\s*$",
-                     re.DOTALL)
+_STRICT = re.compile(r"^\s*<think>(?:(?!<think>|</think>).)*</think>"
+                     r"\s*<answer>(?:(?!<answer>|</answer>).)+</answer>\s*$", re.DOTALL)
 _LENIENT = re.compile(r"<think>.*?</think>.*?<answer>.+?</answer>", re.DOTALL)
 
 

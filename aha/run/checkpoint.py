@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_model
 
 from aha.models import is_peft, save_hf_folder
 from aha.run.layout import ADAPTER_DIR, MODEL_DIR, STATE_FILE, RunLayout
@@ -52,7 +52,7 @@ def save_checkpoint(layout: RunLayout, step: int, *, model, tokenizer, optimizer
         if is_peft(model):
             model.save_pretrained(tmp / ADAPTER_DIR)
         for name, module in (modules or {}).items():
-            save_file({k: v.contiguous() for k, v in module.state_dict().items()}, tmp / f"{name}.safetensors")
+            save_model(module, str(tmp / f"{name}.safetensors"))  # tied weights stored once
         trainer_state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "rng": rng_state(), **(state or {})}
         torch.save(trainer_state, tmp / STATE_FILE)
@@ -81,7 +81,7 @@ def load_checkpoint(path: str | Path, *, model, optimizer, scheduler,
             raise RuntimeError(f"{path}: checkpoint does not match the model (missing {real_missing[:3]}, "
                                f"unexpected {unexpected[:3]})")
     for name, module in (modules or {}).items():
-        module.load_state_dict(load_file(path / f"{name}.safetensors"))
+        load_model(module, str(path / f"{name}.safetensors"))
     state = torch.load(path / STATE_FILE, weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

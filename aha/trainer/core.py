@@ -33,8 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from aha.config import save_config
 from aha.run import RunLayout, RunLogs, load_checkpoint, save_checkpoint

@@ -145,11 +145,11 @@ class GRPOTrainer(Trainer):
                 logprobs = token_logprobs(logits, mb.completion_ids)  # [m, C]
                 entropy_sum += float((token_entropy(logits.detach()) * mb.completion_mask).sum())
                 old = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()
-                loss, mb_stats = policy_loss(logprobs, old, mb.advantages, mb.completion_mask, loss_type=c.loss_type,
-                                             eps_low=c.eps_low, eps_high=c.eps_high, beta=c.beta,
-                                             ref_logprobs=mb.ref_logprobs, max_completion_length=c.max_completion_length,
-                                             num_sequences=num_sequences, num_tokens=num_tokens,
-                                             engine_logprobs=mb.engine_logprobs, engine_ratio_cap=c.engine_ratio_cap)
+                loss, mb_stats = policy_loss(
+                    logprobs, old, mb.advantages, mb.completion_mask, loss_type=c.loss_type, eps_low=c.eps_low,
+                    eps_high=c.eps_high, beta=c.beta, ref_logprobs=mb.ref_logprobs,
+                    max_completion_length=c.max_completion_length, num_sequences=num_sequences, num_tokens=num_tokens,
+                    engine_logprobs=mb.engine_logprobs, engine_ratio_cap=c.engine_ratio_cap)
                 loss.backward()
                 share = float(mb.completion_mask.sum()) / max(trained_tokens, 1)  # token-weighted stats
                 for k, v in mb_stats.items():

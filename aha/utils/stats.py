@@ -29,14 +29,3 @@ def standard_error(values: Iterable[float]) -> float | None:
     if len(values) < 2:
         return None
     return std(values) / math.sqrt(len(values))
-
-
-def percentile(values: Iterable[float], q: float) -> float | None:
-    """The q-th percentile (0-100) with linear interpolation between order statistics; None for no values."""
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    position = (len(ordered) - 1) * q / 100
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from aha.algorithms import masked_mean, token_entropy, token_logprobs
+from aha.algorithms import token_entropy, token_logprobs
 
 
 def test_logprobs_match_log_softmax_for_any_chunk_size():
@@ -26,8 +26,3 @@ def test_logprobs_are_differentiable():
     token_logprobs(logits, torch.tensor([[2]])).sum().backward()
     # d log softmax_2 / d logits = onehot(2) - softmax = [-.25, -.25, .75, -.25]
     assert logits.grad.flatten().tolist() == pytest.approx([-0.25, -0.25, 0.75, -0.25])
-
-
-def test_masked_mean():
-    assert masked_mean(torch.tensor([1.0, 2.0, 9.0]), torch.tensor([1, 1, 0])) == 1.5
-    assert masked_mean(torch.tensor([1.0]), torch.tensor([0])) == 0.0

@@ -5,8 +5,7 @@ import dataclasses
 import pytest
 
 from aha.cli import build_parser, eval_config
-from aha.config import ConfigError
-from aha.config import EvalConfig
+from aha.config import ConfigError, EvalConfig
 
 
 def parse(*argv: str) -> EvalConfig:

@@ -2,9 +2,10 @@
 
 import pytest
 
-from aha.eval.grading import GradeSpec, Grader, check_reward_exists, grade, grade_spec
+from aha.eval.grading import Grader, GradeSpec, check_reward_exists, grade, grade_spec
 
-COMPLETIONS = ["<think>half</think> <answer>\\frac{1}{2}</answer>", "I think it is 0.5", "no idea", "<answer>3</answer>"]
+COMPLETIONS = ["<think>half</think> <answer>\\frac{1}{2}</answer>", "I think it is 0.5", "no idea",
+               "<answer>3</answer>"]
 GOLDS = ["0.5", "1/2", "0.5", "4"]
 
 

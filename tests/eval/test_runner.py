@@ -12,8 +12,7 @@ import pytest
 
 import aha.eval.runner as runner
 from aha.cli import main
-from aha.config import ConfigError
-from aha.config import EvalConfig
+from aha.config import ConfigError, EvalConfig
 from aha.eval.samples import SampleStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,7 +64,8 @@ def test_cli_writes_consistent_results_and_samples(shared_data, tmp_path, capsys
 def test_an_interrupted_evaluation_resumes_to_the_same_samples(shared_data, tmp_path, monkeypatch):
     def config(out: Path) -> EvalConfig:
         return EvalConfig(model="tiny:qwen2", benchmarks=["gsm8k", "aime24"], limit=5, k=2, max_completion_length=12,
-                          prompt_template="chat", generation_batch_size=2, data_dir=str(shared_data), output_dir=str(out), grader_workers=0)
+                          prompt_template="chat", generation_batch_size=2, data_dir=str(shared_data),
+                          output_dir=str(out), grader_workers=0)
 
     whole = runner.evaluate(config(tmp_path / "whole"))
 
@@ -96,7 +96,8 @@ def test_an_interrupted_evaluation_resumes_to_the_same_samples(shared_data, tmp_
     assert resumed["speed"]["generated_samples"] == 14
     check_consistent(tmp_path / "cut")
     by_key = {(s["benchmark"], s["problem"], s["sample"]): s["completion"] for s in read_samples(tmp_path / "whole")}
-    assert {(s["benchmark"], s["problem"], s["sample"]): s["completion"] for s in read_samples(tmp_path / "cut")} == by_key
+    cut = {(s["benchmark"], s["problem"], s["sample"]): s["completion"] for s in read_samples(tmp_path / "cut")}
+    assert cut == by_key
     assert resumed["benchmarks"] == whole["benchmarks"]
 
 

@@ -4,9 +4,8 @@ import json
 
 import pytest
 
-from aha.config import ConfigError
-from aha.data.benchmarks import load_benchmark
 from aha.config import EvalConfig
+from aha.data.benchmarks import load_benchmark
 from aha.eval.runner import evaluate
 from aha.run import RunDirError, resolve_model_source
 from tests.rollout.fake_server import FakeServer
@@ -60,7 +59,8 @@ def test_a_served_model_end_to_end(shared_data, tmp_path):
 def test_chat_mode_sends_messages(shared_data, tmp_path):
     with FakeServer(lambda body: "<think>x</think> <answer>18</answer>") as server:
         config = EvalConfig(model="served", api_base=server.url, api_chat=True, benchmarks=["gsm8k"], limit=1, k=1,
-                            temperature=0.0, prompt_template="chat", data_dir=str(shared_data), output_dir=str(tmp_path / "out"),
+                            temperature=0.0, prompt_template="chat", data_dir=str(shared_data),
+                            output_dir=str(tmp_path / "out"),
                             question_template="{question} Put the final answer in \\boxed{}.", grader_workers=0)
         results = evaluate(config)
     question = load_benchmark("gsm8k", shared_data, limit=1).problems[0]["question"]
@@ -77,7 +77,8 @@ def test_a_run_directory_is_evaluated_from_its_latest_checkpoint(shared_data, tm
     save_hf_folder(model, tokenizer, checkpoint / "model")
     (checkpoint / "trainer_state.pt").write_bytes(b"")
     config = EvalConfig(model=str(tmp_path / "runs" / "x"), benchmarks=["amc23"], limit=2, k=1, temperature=0.0,
-                        max_completion_length=4, prompt_template="plain", data_dir=str(shared_data), output_dir=str(tmp_path / "out"),
+                        max_completion_length=4, prompt_template="plain", data_dir=str(shared_data),
+                        output_dir=str(tmp_path / "out"),
                         grader_workers=0)
     results = evaluate(config)
     assert results["model_path"] == str(checkpoint / "model")

@@ -9,7 +9,10 @@ from tests.rollout.fake_server import FakeServer
 
 
 def test_completions_requests_and_generations():
-    with FakeServer(lambda body: f" reply to {body['prompt'].removesuffix('<think>')} seed {body.get('seed')}") as server:
+    def reply(body):
+        return f" reply to {body['prompt'].removesuffix('<think>')} seed {body.get('seed')}"
+
+    with FakeServer(reply) as server:
         backend = OpenAIBackend(server.url, "served-model", api_key="sk-test", concurrency=3)
         params = SamplingParams(max_new_tokens=20, temperature=0.6, top_p=0.95, stop=("</answer>",))
         gens = backend.generate_text(["first?<think>", "second?<think>"], params, prefill="<think>", num_samples=2,

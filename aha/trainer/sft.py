@@ -1,0 +1,288 @@
+"""Supervised fine-tuning on the run core: the loss is the mean negative log-likelihood of the response
+tokens of a step's examples (prompt tokens are context only), with the same run directory, checkpoints,
+exact resume, logs and progress as ``aha train``.
+
+One step:
+    examples = the step's batch_size examples                 a fixed function of (seed, epoch, step)
+    for micro-batch (padded, length-sorted; or packed):
+        logp  = log p(response token | everything before it)   only where the loss mask is 1
+        loss  = -sum(logp) / (response tokens of the whole step)
+        loss.backward()                                         micro-batch losses add up to the step's
+    clip grad norm; AdamW step; scheduler step
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from aha.algorithms import token_logprobs
+from aha.config.sft import SFTConfig
+from aha.data.conversations import SFTExample, load_examples, parse_row
+from aha.data.prompts import PromptBuilder
+from aha.data.readers import DataError, read_rows
+from aha.run import RunLayout, open_run_dir
+from aha.trainer.core import EvalResult, Policy, StepResult, Trainer, build_policy, seed_everything, set_determinism
+from aha.trainer.preflight import check_model
+
+
+@dataclass
+class TokenBatch:
+    """Examples laid out for one forward pass (``attention_mask`` None: packed rows, positions restart per
+    example, so each example attends only to itself)."""
+
+    input_ids: torch.Tensor  # [rows, L] long
+    attention_mask: torch.Tensor | None  # [rows, L] long, 1 on real tokens; None when packed
+    position_ids: torch.Tensor  # [rows, L] long
+    loss_mask: torch.Tensor  # [rows, L] float, 1 on tokens whose prediction trains
+
+    @property
+    def trained_tokens(self) -> int:
+        return int(self.loss_mask.sum())
+
+
+def pad_examples(examples: list[SFTExample], pad_id: int) -> TokenBatch:
+    """Left-padded rows: every example ends at the last column, so the logits that predict responses are the
+    last few columns of every row."""
+    width = max(len(e) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    loss = torch.zeros((len(examples), width), dtype=torch.float32)
+    for row, e in enumerate(examples):
+        ids[row, width - len(e):] = torch.tensor(e.input_ids)
+        attention[row, width - len(e):] = 1
+        loss[row, width - len(e):] = torch.tensor(e.loss_mask, dtype=torch.float32)
+    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    return TokenBatch(ids, attention, positions, loss)
+
+
+def pack_examples(examples: list[SFTExample], pad_id: int, max_length: int) -> TokenBatch:
+    """Examples packed first-fit into rows of at most ``max_length`` tokens; positions restart at 0 for each
+    example (and for the padding at a row's end), which transformers turns into a block-diagonal causal mask."""
+    rows: list[list[SFTExample]] = []
+    sizes: list[int] = []
+    for e in sorted(examples, key=len, reverse=True):
+        slot = next((i for i, size in enumerate(sizes) if size + len(e) <= max_length), None)
+        if slot is None:
+            rows.append([e])
+            sizes.append(len(e))
+        else:
+            rows[slot].append(e)
+            sizes[slot] += len(e)
+    width = max(sizes)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    loss = torch.zeros((len(rows), width), dtype=torch.float32)
+    for r, members in enumerate(rows):
+        at = 0
+        for e in members:
+            ids[r, at: at + len(e)] = torch.tensor(e.input_ids)
+            positions[r, at: at + len(e)] = torch.arange(len(e))
+            loss[r, at: at + len(e)] = torch.tensor(e.loss_mask, dtype=torch.float32)
+            at += len(e)
+        positions[r, at:] = torch.arange(width - at)  # padding: a segment of its own
+    return TokenBatch(ids, None, positions, loss)
+
+
+def response_logprobs(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
+    """log p(token | the tokens before it) of every trained token, in row-major order: ``[n]``. Logits are
+    computed only from the first column that predicts a trained token (``logits_to_keep``)."""
+    device = next(model.parameters()).device
+    predicts = torch.zeros_like(batch.loss_mask, dtype=torch.bool)  # [rows, L]: this position predicts a trained token
+    predicts[:, :-1] = batch.loss_mask[:, 1:] > 0
+    targets = torch.zeros_like(batch.input_ids)
+    targets[:, :-1] = batch.input_ids[:, 1:]
+    columns = predicts.any(dim=0).nonzero()
+    if columns.numel() == 0:
+        return torch.zeros(0, device=device)
+    first = int(columns.min())
+    width = batch.input_ids.shape[1]
+    out = model(input_ids=batch.input_ids.to(device),
+                attention_mask=None if batch.attention_mask is None else batch.attention_mask.to(device),
+                position_ids=batch.position_ids.to(device), logits_to_keep=width - first, use_cache=False)
+    keep = predicts[:, first:].to(device)
+    logits = out.logits[keep].float()  # [n, V]
+    labels = targets[:, first:].to(device)[keep]  # [n]
+    return token_logprobs(logits.unsqueeze(0), labels.unsqueeze(0)).squeeze(0)
+
+
+class SFTTrainer(Trainer):
+    """Supervised fine-tuning on the run core (see the module docstring)."""
+
+    progress_label = "SFT"
+
+    def __init__(self, config: SFTConfig, layout: RunLayout, policy: Policy, train: list[SFTExample],
+                 heldout: list[SFTExample], *, data_report: dict[str, Any] | None = None, console=None):
+        super().__init__(config, layout, policy, console=console)
+        if not train:
+            raise DataError(f"{config.dataset}: no training examples")
+        self.train = train
+        self.heldout = heldout
+        self.data_report = data_report or {}
+        self.pad_id = policy.tokenizer.pad_token_id if policy.tokenizer.pad_token_id is not None else \
+            policy.tokenizer.eos_token_id
+        self.steps_per_epoch = math.ceil(len(train) / config.batch_size)
+
+    @staticmethod
+    def total_steps(config: SFTConfig, train_rows: int) -> int:
+        if config.max_steps:
+            return config.max_steps
+        return max(1, math.ceil(config.num_epochs * math.ceil(train_rows / config.batch_size)))
+
+    @classmethod
+    def from_config(cls, config: SFTConfig, *, console=None) -> "SFTTrainer":
+        """Check the model and every data row before anything heavy, then load, tokenize and build the run."""
+        model_source = check_model(config)
+        field_map = dict(config.field_map)
+        for source in filter(None, (config.dataset, config.eval_dataset)):
+            check_rows(source, field_map, config.on_error)
+        layout = open_run_dir(config.output_dir, config.resume)
+        set_determinism(config.deterministic, config.threads)
+        seed_everything(config.seed)
+        from aha.models import load_tokenizer
+
+        tokenizer = load_tokenizer(model_source)
+        train, heldout, report = prepare_examples(config, tokenizer)
+        if config.max_steps == 0:
+            config.max_steps = cls.total_steps(config, len(train))  # recorded in config.yaml as used
+        policy = build_policy(config, config.max_steps, model_source)
+        trainer = cls(config, layout, policy, train, heldout, data_report=report, console=console)
+        trainer.console.log(f"{len(train)} training and {len(heldout)} held-out examples; "
+                            f"{report['truncated']} cut at max_length={config.max_length}, {report['skipped']} "
+                            f"skipped; {config.max_steps} steps of {config.batch_size}")
+        return trainer
+
+    # --- one step ----------------------------------------------------------------------------------
+    def step_examples(self, step: int) -> list[SFTExample]:
+        """The examples of step ``step``: epoch after epoch, each a fixed shuffle of (seed, epoch)."""
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        order = list(range(len(self.train)))
+        random.Random(self.config.seed * 1_000_003 + epoch).shuffle(order)
+        size = self.config.batch_size
+        return [self.train[i] for i in order[offset * size: (offset + 1) * size]]
+
+    def micro_batches(self, examples: list[SFTExample]) -> list[TokenBatch]:
+        c = self.config
+        if c.packing:
+            budget = c.micro_batch_size * c.max_length  # as many tokens as a padded micro-batch at most holds
+            groups, current, used = [], [], 0
+            for e in sorted(examples, key=len, reverse=True):
+                if current and used + len(e) > budget:
+                    groups.append(current)
+                    current, used = [], 0
+                current.append(e)
+                used += len(e)
+            groups.append(current)
+            return [pack_examples(g, self.pad_id, c.max_length) for g in groups]
+        ordered = sorted(examples, key=len, reverse=True)  # similar lengths together: less padding
+        return [pad_examples(ordered[i: i + c.micro_batch_size], self.pad_id)
+                for i in range(0, len(ordered), c.micro_batch_size)]
+
+    def train_step(self, step: int) -> StepResult:
+        c = self.config
+        t0 = time.perf_counter()
+        examples = self.step_examples(step)
+        batches = self.micro_batches(examples)
+        total = sum(b.trained_tokens for b in batches)
+        self.policy.model.train()
+        self.policy.zero_grad()
+        loss_sum = 0.0
+        for batch in batches:
+            logp = response_logprobs(self.policy.model, batch)  # [n]
+            loss = -logp.sum() / max(total, 1)
+            loss.backward()
+            loss_sum += float(loss.detach())
+        grad_norm = self.policy.step(c.max_grad_norm)
+        elapsed = time.perf_counter() - t0
+        tokens = sum(len(e) for e in examples)
+        metrics = {"loss": loss_sum, "trained_tokens": total, "tokens": tokens, "examples": len(examples),
+                   "epoch": (step + 1) / self.steps_per_epoch, "grad_norm": grad_norm, "lr": self.policy.lr,
+                   "time/step": elapsed, "time/tokens_per_s": tokens / max(elapsed, 1e-9)}
+        return StepResult(metrics)
+
+    # --- the run core's hooks ----------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, step: int) -> EvalResult | None:
+        if not self.heldout:
+            return None
+        was_training = self.policy.model.training
+        self.policy.model.eval()
+        nll, count = 0.0, 0
+        try:
+            for i in range(0, len(self.heldout), self.config.micro_batch_size):
+                batch = pad_examples(self.heldout[i: i + self.config.micro_batch_size], self.pad_id)
+                logp = response_logprobs(self.policy.model, batch)
+                nll -= float(logp.sum())
+                count += logp.numel()
+        finally:
+            self.policy.model.train(was_training)
+        loss = nll / max(count, 1)
+        metrics = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count,
+                   "examples": len(self.heldout)}
+        return EvalResult(metrics, [], f"{len(self.heldout)} examples: loss {loss:.4f}, perplexity "
+                                       f"{metrics['perplexity']:.2f}")
+
+    def describe_step(self, step: int, m: dict[str, Any]) -> str:
+        return (f"step {step}/{self.config.max_steps} loss {m['loss']:.4f} epoch {m['epoch']:.2f} "
+                f"tokens {m['trained_tokens']} grad {m['grad_norm']:.2f} {m['time/step']:.1f}s")
+
+    def progress_status(self, metrics: dict[str, Any]) -> str:
+        return f"loss {metrics['loss']:.4f}"
+
+    def summarise(self, step: int) -> dict[str, Any]:
+        summary = super().summarise(step)
+        summary["data"] = self.data_report
+        metrics = self.logs.metrics.read()
+        if metrics:
+            summary["first_loss"], summary["last_loss"] = metrics[0]["loss"], metrics[-1]["loss"]
+        self.logs.write_summary(summary)
+        before, after = summary["before"], summary["after"]
+        if before and after:
+            self.console.log(f"held-out loss {before['loss']:.4f} -> {after['loss']:.4f}")
+        return summary
+
+
+def check_rows(source: str, field_map: dict[str, str], on_error: str) -> None:
+    """Every row of a dataset checked (fields, types, roles) before any model loads."""
+    bad = 0
+    for raw in read_rows(source, split="train"):
+        try:
+            parse_row(raw, field_map)
+        except DataError:
+            if on_error == "raise":
+                raise
+            bad += 1
+
+
+def prepare_examples(config: SFTConfig, tokenizer) -> tuple[list[SFTExample], list[SFTExample], dict[str, Any]]:
+    """(training examples, held-out examples, counts) of a config's dataset, tokenized."""
+    builder = PromptBuilder(tokenizer, config.prompt_template, config.system_prompt, "", config.use_chat_template,
+                            config.question_template)
+    options = dict(trace_format=config.trace_format, delimiter=config.reasoning_delimiter,
+                   max_length=config.max_length, train_on=config.train_on, on_error=config.on_error)
+    examples, skipped = load_examples(read_rows(config.dataset, split="train"), builder, dict(config.field_map),
+                                      **options)
+    if config.eval_dataset:
+        heldout, more = load_examples(read_rows(config.eval_dataset, split="test"), builder, dict(config.field_map),
+                                      **options)
+        skipped += more
+        train = examples
+    else:
+        count = int(len(examples) * config.eval_fraction) if len(examples) >= 20 else 0
+        count = max(count, 1) if config.eval_fraction > 0 and len(examples) >= 20 else count
+        order = list(range(len(examples)))
+        random.Random(config.seed).shuffle(order)
+        held = set(order[len(order) - count:]) if count else set()
+        train = [e for i, e in enumerate(examples) if i not in held]
+        heldout = [e for i, e in enumerate(examples) if i in held]
+    if not train:
+        raise DataError(f"{config.dataset}: no training examples left")
+    report = {"train_examples": len(train), "heldout_examples": len(heldout), "skipped": len(skipped),
+              "truncated": sum(e.truncated for e in train + heldout), "skipped_rows": skipped[:20],
+              "train_tokens": sum(len(e) for e in train), "trained_tokens": sum(e.trained_tokens for e in train)}
+    return train, heldout, report

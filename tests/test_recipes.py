@@ -1,0 +1,29 @@
+"""The recipes in recipes/ load, and the default recipe file is exactly the defaults."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aha.config import GRPOConfig, load_config
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+DEFAULT_RECIPE = RECIPES / "smollm2" / "zero-chain-sum.yaml"
+
+
+def test_the_default_recipe_file_is_the_defaults():
+    assert load_config(GRPOConfig, DEFAULT_RECIPE) == load_config(GRPOConfig)
+
+
+def test_every_value_in_the_default_recipe_is_the_default():
+    # each key written in the file (not only the loaded result) equals the dataclass default
+    written = yaml.safe_load(DEFAULT_RECIPE.read_text())
+    defaults = load_config(GRPOConfig)
+    differing = {k: v for k, v in written.items() if getattr(defaults, k) != v and not (
+        isinstance(v, (int, float)) and getattr(defaults, k) == float(v))}
+    assert differing == {}
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.rglob("*.yaml")), ids=lambda p: str(p.relative_to(RECIPES)))
+def test_every_recipe_loads(path):
+    load_config(GRPOConfig, path)
