@@ -109,14 +109,39 @@ def flag_overrides(cls: type, values: dict[str, Any]) -> list[str]:
     return overrides
 
 
+def flags_config(cls: type, args: argparse.Namespace, **positional: str | None):
+    """A config from a flag-style command: defaults, then --config FILE.yaml, then the flags given, then the
+    positional arguments given (field -> value)."""
+    values = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(cls)}}
+    values.update({name: value for name, value in positional.items() if value})
+    return load_config(cls, args.config, flag_overrides(cls, values))
+
+
 def eval_config(args: argparse.Namespace):
-    """The EvalConfig of ``aha eval`` arguments: defaults, then --config FILE.yaml, then the flags given."""
+    """The EvalConfig of ``aha eval`` arguments."""
     from aha.config import EvalConfig
 
-    values = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(EvalConfig)}}
-    if args.model_arg:
-        values["model"] = args.model_arg
-    return load_config(EvalConfig, args.config, flag_overrides(EvalConfig, values))
+    return flags_config(EvalConfig, args, model=args.model_arg)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from aha.config.generate import GenerateConfig
+    from aha.pipeline.traces import generate_traces
+    from aha.utils.console import make_console
+
+    config = flags_config(GenerateConfig, args, prompts=args.prompts_arg)
+    generate_traces(config, make_console())
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from aha.config.generate import SampleConfig
+    from aha.pipeline.sample import rejection_sample
+    from aha.utils.console import make_console
+
+    config = flags_config(SampleConfig, args, prompts=args.prompts_arg)
+    rejection_sample(config, make_console())
+    return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -148,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", help="the PNG to write (default: RUN_DIR/curves.png)")
     plot.set_defaults(func=_plot)
     _add_eval(sub)
+    _add_traces(sub)
     _add_data(sub)
     return parser
 
@@ -265,6 +291,38 @@ def _add_eval(sub) -> None:
     ev.set_defaults(func=_eval)
 
 
+def _add_traces(sub) -> None:
+    from aha.config.generate import GenerateConfig, SampleConfig
+
+    gen = sub.add_parser(
+        "generate", help="reasoning traces from a teacher (a local model or an OpenAI-compatible server)",
+        description="Sample k traces per prompt from a teacher and write them to --output as they arrive; running "
+                    "the same command again adds only the missing ones.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  aha generate questions.jsonl --model runs/zero --k 4 --output traces.jsonl\n"
+               "  aha generate chain_sum --num-prompts 500 --model runs/zero --k 8 --output traces.jsonl\n"
+               "  aha generate questions.jsonl --api-base http://127.0.0.1:8000/v1 --model deepseek-r1 --api-chat "
+               "--k 4 --api-concurrency 32 --output traces.jsonl")
+    gen.add_argument("prompts_arg", nargs="?", metavar="PROMPTS", help="prompt rows (a file, folder, hub name) or "
+                                                                         "a built-in task")
+    gen.add_argument("--config", metavar="FILE.yaml", help="a YAML file of the fields below; flags override it")
+    add_config_flags(gen, GenerateConfig, skip=("prompts",))
+    gen.set_defaults(func=_generate)
+    sample = sub.add_parser(
+        "sample", help="rejection sampling: keep verified, readable traces (for SFT)",
+        description="Take k traces per prompt from a model (or --traces from aha generate), keep those the grader "
+                    "verifies, drop unreadable ones (mixed languages, no think/answer structure, repetition, long "
+                    "paragraphs, stray code) and duplicates, keep at most --max-per-prompt, and write rows for aha "
+                    "sft with a report of what each filter removed.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  aha sample chain_sum --num-prompts 500 --model runs/zero --k 8 --output kept.jsonl\n"
+               "  aha sample --traces traces.jsonl --output kept.jsonl --max-per-prompt 2")
+    sample.add_argument("prompts_arg", nargs="?", metavar="PROMPTS", help="prompt rows or a built-in task")
+    sample.add_argument("--config", metavar="FILE.yaml", help="a YAML file of the fields below; flags override it")
+    add_config_flags(sample, SampleConfig, skip=("prompts",))
+    sample.set_defaults(func=_sample)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -276,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from aha.data.readers import DataError
     from aha.models import ModelLoadError
+    from aha.pipeline.traces import IncompleteError
+    from aha.rollout.openai import ServerError
     from aha.run import RunDirError
 
     try:
@@ -283,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, ModelLoadError, RunDirError) as err:
         print(f"aha: error: {err}", file=sys.stderr)
         return 2
+    except (IncompleteError, ServerError) as err:
+        print(f"aha: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

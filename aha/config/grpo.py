@@ -7,12 +7,12 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from aha.config.sections import (CheckpointSection, FieldMapSection, ModelSection, OptimSection, PromptSection,
+from aha.config.sections import (CheckpointSection, DataSection, ModelSection, OptimSection, PromptSection,
                                  RunSection, SamplingSection, TaskSection, TuningSection)
 
 
 @dataclass
-class GRPOConfig(CheckpointSection, RunSection, OptimSection, SamplingSection, PromptSection, FieldMapSection,
+class GRPOConfig(CheckpointSection, RunSection, OptimSection, SamplingSection, PromptSection, DataSection,
                  TaskSection, TuningSection, ModelSection):
     """R1-Zero reinforcement learning with GRPO (and its variants) on verifiable rewards."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 from aha.config.loading import Config
 
@@ -119,6 +119,19 @@ class SamplingSection(Config):
 
 
 @dataclass
+class PaperSampling(SamplingSection):
+    """Sampling as the paper evaluates and as DeepSeek recommends for R1 (temperature 0.6, top-p 0.95), with
+    room for long responses: the defaults of aha eval, generate and sample. The fields are the shared sampling
+    settings; only their defaults differ."""
+
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_completion_length: int = 1024
+    stop_strings: list[str] = dataclasses.field(default_factory=list)
+    generation_batch_size: int = 16
+
+
+@dataclass
 class OptimSection(Config):
     """The optimiser, its schedule, and how long training runs."""
 
@@ -158,19 +171,25 @@ class OptimSection(Config):
 
 
 @dataclass
-class RunSection(Config):
-    """The run directory and what makes a run reproducible."""
+class ReproSection(Config):
+    """What makes a command's randomness reproducible."""
 
-    renamed: typing.ClassVar[dict[str, str]] = {"output": "output_dir"}
-
-    output_dir: str = ""
-    """Run directory; empty means runs/<date>-<time>."""
     seed: int = 0
     """Seed of sampling, initialisation and data order."""
     deterministic: bool = True
     """Use deterministic kernels: on CPU the same config and seed then give bit-identical weights and
     metrics, also across a kill and resume. On a GPU deterministic kernels are requested but not every
     engine honours them (see docs/architecture.md)."""
+
+
+@dataclass
+class RunSection(ReproSection):
+    """The run directory, and what makes a run reproducible."""
+
+    renamed: typing.ClassVar[dict[str, str]] = {"output": "output_dir"}
+
+    output_dir: str = ""
+    """Run directory; empty means runs/<date>-<time>."""
 
 
 @dataclass
@@ -215,9 +234,64 @@ class TaskSection(Config):
 
 
 @dataclass
-class FieldMapSection(Config):
-    """How a dataset's fields are read."""
+class DataSection(Config):
+    """How a dataset's rows are read."""
 
     field_map: dict[str, str] = dataclasses.field(default_factory=dict)
     """For a dataset: our field name -> the file's, e.g. {question: problem, answer: solution}; a composite
     field joins several, {question: Body + Question} (on the command line `question=Body+Question`)."""
+    on_error: Literal["raise", "skip"] = "raise"
+    """A malformed row (missing or empty field, bad JSON, non-UTF-8): raise (stop with file:line: field) or
+    skip it and count it."""
+
+
+@dataclass
+class LimitSection(Config):
+    limit: int = 0
+    """Use only the first N problems (prompts) of each source (0: all)."""
+
+    def check(self) -> None:
+        self.require_non_negative("limit")
+
+
+@dataclass
+class SamplesSection(Config):
+    k: int = 4
+    """Samples per problem (prompt): evaluation's pass@1 is their mean correctness and pass@k and cons@k use
+    all k; generation and rejection sampling keep each. Greedy: k 1 and temperature 0."""
+
+    def check(self) -> None:
+        self.require_positive("k")
+
+
+@dataclass
+class ServerSection(Config):
+    """A model served by an OpenAI-compatible server (vLLM, SGLang, llama.cpp, TGI, a hosted API)."""
+
+    api_base: Optional[str] = None
+    """Base URL of an OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1); the model is then sampled there."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the server's API key (sent as a Bearer token when set)."""
+    api_chat: bool = False
+    """With api_base: send messages to /chat/completions (the server applies the chat template) instead of
+    prompt text to /completions. The prefill is not sent in this mode."""
+    api_concurrency: int = 8
+    """With api_base: requests in flight at once."""
+    api_retries: int = 5
+    """With api_base: retries of a request that fails with 429, a 5xx status or a dropped connection, with
+    exponential back-off (and the server's Retry-After when it sends one)."""
+    api_backoff: float = 1.0
+    """With api_base: seconds before the first retry; each further retry waits twice as long (at most 30 s),
+    with random jitter."""
+    api_timeout: float = 600.0
+    """With api_base: seconds to wait for one reply."""
+    api_rate_limit: float = 0.0
+    """With api_base: at most this many requests per second (0: no limit)."""
+    tokenizer: Optional[str] = None
+    """With api_base: a local tokenizer (HF folder or id) to build chat-template prompts and count tokens;
+    default: the model name when it is a local folder."""
+
+    def check(self) -> None:
+        self.require_positive("api_concurrency")
+        self.require_non_negative("api_retries", "api_rate_limit", "api_backoff")
+        self.require(self.api_timeout > 0, "api_timeout", f"must be > 0, got {self.api_timeout}")

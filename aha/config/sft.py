@@ -7,7 +7,7 @@ import typing
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from aha.config.sections import (CheckpointSection, FieldMapSection, ModelSection, OptimSection, PromptSection,
+from aha.config.sections import (CheckpointSection, DataSection, ModelSection, OptimSection, PromptSection,
                                  RunSection, TuningSection)
 
 
@@ -25,7 +25,7 @@ class SFTOptim(OptimSection):
 
 
 @dataclass
-class SFTConfig(CheckpointSection, RunSection, SFTOptim, PromptSection, FieldMapSection, TuningSection,
+class SFTConfig(CheckpointSection, RunSection, SFTOptim, PromptSection, DataSection, TuningSection,
                 ModelSection):
     """Supervised fine-tuning: the loss on response tokens only, full weights or LoRA."""
 
@@ -41,8 +41,6 @@ class SFTConfig(CheckpointSection, RunSection, SFTOptim, PromptSection, FieldMap
     eval_fraction: float = 0.05
     """Share of the dataset held out for the evaluation loss when there is no eval_dataset (at least one row
     once the dataset has 20; 0: none)."""
-    on_error: Literal["raise", "skip"] = "raise"
-    """A malformed row: raise (stop with file:line: field) or skip it and count it."""
 
     # --- examples ----------------------------------------------------------------------------------
     max_length: int = 1024

@@ -74,8 +74,6 @@ class ServerSampler:
     backend_name = "openai"
 
     def __init__(self, config: EvalConfig):
-        from aha.rollout.openai import OpenAIBackend
-
         self.model_path = config.model
         self.chat = config.api_chat
         tokenizer_name = config.tokenizer or (config.model if Path(config.model).is_dir() else None)
@@ -91,9 +89,7 @@ class ServerSampler:
             log.warning("--api-chat: the prefill %r is not sent (chat endpoints start the reply themselves)",
                         config.prefill_text)
         self.builder = _builder(tokenizer, config)
-        self.backend = OpenAIBackend(config.api_base or "", config.model, tokenizer=tokenizer,
-                                     api_key=os.environ.get(config.api_key_env) or None,
-                                     concurrency=config.api_concurrency)
+        self.backend = server_backend(config, tokenizer)
 
     def prompts(self, questions: list[str]) -> list[Prompt]:
         if not self.chat:
@@ -107,6 +103,16 @@ class ServerSampler:
         if self.chat:
             return self.backend.generate_chat(prompts, params, k, seeds)  # type: ignore[arg-type]
         return self.backend.generate_text(prompts, params, self.builder.prefill, k, seeds)  # type: ignore[arg-type]
+
+
+def server_backend(config, tokenizer=None):
+    """The OpenAI-compatible backend of a config's server settings (``ServerSection``)."""
+    from aha.rollout.openai import OpenAIBackend
+
+    return OpenAIBackend(config.api_base or "", config.model, tokenizer=tokenizer,
+                         api_key=os.environ.get(config.api_key_env) or None, concurrency=config.api_concurrency,
+                         timeout=config.api_timeout, retries=config.api_retries, rate_limit=config.api_rate_limit,
+                         backoff=config.api_backoff)
 
 
 def make_sampler(config: EvalConfig) -> Sampler:

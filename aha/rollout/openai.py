@@ -4,27 +4,38 @@ Prompts go to ``POST {api_base}/completions`` as text (built locally, chat templ
 server sees exactly what a local model would), or as messages to ``POST {api_base}/chat/completions``
 when the server must apply its own chat template. Each sample is one request with ``n=1`` and its own
 seed (servers that ignore ``n`` or seeds still give correct, if less reproducible, samples); requests
-run ``concurrency`` at a time. Only the standard library is used.
+run ``concurrency`` at a time, at most ``rate_limit`` a second. A request that fails with 429, a 5xx
+status, a dropped connection or a cut-off reply is retried with exponential back-off (the server's
+``Retry-After`` when it sends one). Only the standard library is used.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import random
+import threading
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from aha.rollout.base import Generation, SamplingParams
 
 
 @dataclass
 class ServerGeneration(Generation):
-    """A completion from a server, with the token count the server reported (exact, unlike a re-tokenisation)."""
+    """A completion from a server, with the token count the server reported (exact, unlike a re-tokenisation)
+    and the reasoning it returned apart (``reasoning_content``), if any."""
 
     completion_tokens: int = 0
+    reasoning: str | None = None
+
+
+class ServerError(RuntimeError):
+    """The server refused a request or answered something that is not a completion."""
 
 
 def _logprobs(choice: dict[str, Any]) -> list[float] | None:
@@ -40,8 +51,29 @@ def _logprobs(choice: dict[str, Any]) -> list[float] | None:
     return None
 
 
-class ServerError(RuntimeError):
-    """The server refused a request or answered something that is not a completion."""
+class RateLimiter:
+    """At most ``rate`` acquisitions a second across threads (0: no limit)."""
+
+    def __init__(self, rate: float):
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.next_free = 0.0
+        self.lock = threading.Lock()
+
+    def acquire(self) -> None:
+        if not self.interval:
+            return
+        with self.lock:
+            now = time.monotonic()
+            wait = max(0.0, self.next_free - now)
+            self.next_free = max(now, self.next_free) + self.interval
+        if wait:
+            time.sleep(wait)
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class OpenAIBackend:
@@ -52,7 +84,8 @@ class OpenAIBackend:
     """
 
     def __init__(self, api_base: str, model: str, *, tokenizer=None, api_key: str | None = None,
-                 concurrency: int = 8, timeout: float = 600.0, retries: int = 3):
+                 concurrency: int = 8, timeout: float = 600.0, retries: int = 5, rate_limit: float = 0.0,
+                 backoff: float = 1.0, max_backoff: float = 30.0):
         self.api_base = api_base.rstrip("/")
         self.model = model
         self.tokenizer = tokenizer
@@ -60,6 +93,9 @@ class OpenAIBackend:
         self.concurrency = concurrency
         self.timeout = timeout
         self.retries = retries
+        self.limiter = RateLimiter(rate_limit)
+        self.backoff = backoff
+        self.max_backoff = max_backoff
 
     @property
     def pad_id(self) -> int:
@@ -74,6 +110,7 @@ class OpenAIBackend:
         checkpoints, or use a backend that syncs)."""
         return None
 
+    # --- whole batches -----------------------------------------------------------------------------
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams, prefill: str = "",
                  num_samples: int = 1) -> list[Generation]:
         """The :class:`~aha.rollout.base.GenerationBackend` interface: token ids in (needs a tokenizer)."""
@@ -87,28 +124,58 @@ class OpenAIBackend:
         """``num_samples`` completions of each text prompt (laid out prompt after prompt). ``prefill`` is the
         text the prompts end with to open the response (as with HFBackend); it starts each completion's
         text. ``seeds[i]`` seeds prompt i's first sample (sample j gets ``seeds[i] + j``)."""
-        payloads = []
-        for i, prompt in enumerate(prompts):
-            for j in range(num_samples):
-                payload = {"prompt": prompt, **self._sampling(params)}
-                if seeds is not None:
-                    payload["seed"] = seeds[i] + j
-                payloads.append(payload)
-        return self._run("completions", payloads, prefill)
+        return self._collect(self.text_requests(prompts, params, num_samples, seeds), prefill)
 
     def generate_chat(self, conversations: list[list[dict[str, str]]], params: SamplingParams, num_samples: int = 1,
                       seeds: list[int] | None = None) -> list[Generation]:
         """``num_samples`` replies to each conversation (a list of ``{role, content}`` messages)."""
-        payloads = []
+        return self._collect(self.chat_requests(conversations, params, num_samples, seeds), "")
+
+    def _collect(self, requests: list[dict[str, Any]], prefill: str) -> list[Generation]:
+        results: list[Generation | None] = [None] * len(requests)
+        for index, outcome in self.stream(requests, prefill):
+            if isinstance(outcome, Exception):
+                raise outcome
+            results[index] = outcome
+        return results  # type: ignore[return-value]
+
+    # --- requests, one reply at a time -------------------------------------------------------------
+    def text_requests(self, prompts: list[str], params: SamplingParams, num_samples: int = 1,
+                      seeds: list[int] | None = None) -> list[dict[str, Any]]:
+        """One /completions request per sample, prompt after prompt."""
+        return [{"prompt": prompt, **self._sampling(params), **({"seed": seeds[i] + j} if seeds is not None else {})}
+                for i, prompt in enumerate(prompts) for j in range(num_samples)]
+
+    def chat_requests(self, conversations: list[list[dict[str, str]]], params: SamplingParams, num_samples: int = 1,
+                      seeds: list[int] | None = None) -> list[dict[str, Any]]:
+        """One /chat/completions request per sample, conversation after conversation."""
+        requests = []
         for i, messages in enumerate(conversations):
             for j in range(num_samples):
-                payload = {"messages": messages, **self._sampling(params)}
+                body = {"messages": messages, **self._sampling(params)}
                 if params.logprobs:
-                    payload["logprobs"] = True
+                    body["logprobs"] = True
                 if seeds is not None:
-                    payload["seed"] = seeds[i] + j
-                payloads.append(payload)
-        return self._run("chat/completions", payloads, "")
+                    body["seed"] = seeds[i] + j
+                requests.append(body)
+        return requests
+
+    def stream(self, requests: list[dict[str, Any]], prefill: str = "") -> Iterator[tuple[int, Generation | Exception]]:
+        """Send the requests ``concurrency`` at a time and yield ``(index, generation)`` as each reply comes,
+        or ``(index, ServerError)`` for a request that failed after every retry; the others go on."""
+        if not requests:
+            return
+        with ThreadPoolExecutor(max(1, min(self.concurrency, len(requests)))) as pool:
+            futures = {pool.submit(self._one, body, prefill): i for i, body in enumerate(requests)}
+            try:
+                for future in as_completed(futures):
+                    try:
+                        yield futures[future], future.result()
+                    except ServerError as err:
+                        yield futures[future], err
+            finally:
+                for future in futures:
+                    future.cancel()
 
     def _sampling(self, params: SamplingParams) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "max_tokens": params.max_new_tokens, "n": 1,
@@ -118,27 +185,27 @@ class OpenAIBackend:
         if params.stop:
             body["stop"] = list(params.stop)
         if params.logprobs:
-            body["logprobs"] = 1  # /completions: top-1 plus the sampled token; chat: true (set in _run)
+            body["logprobs"] = 1  # /completions: top-1 plus the sampled token; chat requests set true
         return body
 
-    def _run(self, endpoint: str, payloads: list[dict[str, Any]], prefill: str) -> list[Generation]:
-        with ThreadPoolExecutor(max(1, min(self.concurrency, len(payloads)))) as pool:
-            return list(pool.map(lambda p: self._one(endpoint, p, prefill), payloads))
-
-    def _one(self, endpoint: str, payload: dict[str, Any], prefill: str) -> Generation:
+    def _one(self, payload: dict[str, Any], prefill: str) -> Generation:
+        endpoint = "chat/completions" if "messages" in payload else "completions"
         reply = self._post(endpoint, payload)
         try:
             choice = reply["choices"][0]
-            text = choice["message"]["content"] if "messages" in payload else choice["text"]
+            message = choice.get("message") or {}
+            text = message["content"] if "messages" in payload else choice["text"]
+            reasoning = message.get("reasoning_content") or message.get("reasoning")
             reason = choice.get("finish_reason") or "stop"
             usage = reply.get("usage") or {}
-        except (KeyError, IndexError, TypeError) as err:
+        except (KeyError, IndexError, TypeError, AttributeError) as err:
             raise ServerError(f"{self.api_base}/{endpoint}: unexpected reply ({err!r}): {str(reply)[:300]}") from None
         text = text or ""
         token_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if self.tokenizer else []
         tokens = int(usage.get("completion_tokens") or len(token_ids))
         return ServerGeneration(token_ids, prefill + text, "length" if reason == "length" else "stop",
-                                logprobs=_logprobs(choice), completion_tokens=tokens)
+                                logprobs=_logprobs(choice), completion_tokens=tokens,
+                                reasoning=reasoning if isinstance(reasoning, str) else None)
 
     def _post(self, endpoint: str, payload: dict[str, Any]) -> dict[str, Any]:
         url = f"{self.api_base}/{endpoint}"
@@ -147,18 +214,39 @@ class OpenAIBackend:
             headers["Authorization"] = f"Bearer {self.api_key}"
         data = json.dumps(payload).encode("utf-8")
         for attempt in range(self.retries + 1):
-            request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+            self.limiter.acquire()
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read().decode("utf-8"))
-            except urllib.error.HTTPError as err:
-                body = err.read().decode("utf-8", errors="replace")[:500]
-                if err.code < 500 and err.code != 429 or attempt == self.retries:
-                    raise ServerError(f"{url}: HTTP {err.code}: {body}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+                return self._attempt(url, data, headers)
+            except _Retryable as err:
                 if attempt == self.retries:
-                    raise ServerError(f"{url}: cannot reach the server: {getattr(err, 'reason', err)}") from None
-            except json.JSONDecodeError as err:
-                raise ServerError(f"{url}: the reply is not JSON ({err})") from None
-            time.sleep(min(2.0**attempt, 30.0))
+                    raise ServerError(f"{url}: {err} (gave up after {self.retries + 1} attempts)") from None
+                delay = err.retry_after if err.retry_after is not None else \
+                    min(self.backoff * 2.0 ** attempt, self.max_backoff) * (0.5 + random.random() / 2)
+                time.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _attempt(self, url: str, data: bytes, headers: dict[str, str]) -> dict[str, Any]:
+        request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                body = response.read()
+        except urllib.error.HTTPError as err:
+            text = err.read().decode("utf-8", errors="replace")[:500]
+            if err.code == 429 or err.code >= 500:
+                raise _Retryable(f"HTTP {err.code}: {text}", _retry_after(err.headers.get("Retry-After"))) from None
+            raise ServerError(f"{url}: HTTP {err.code}: {text}") from None
+        except urllib.error.URLError as err:
+            raise _Retryable(f"cannot reach the server: {getattr(err, 'reason', err)}") from None
+        except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
+            raise _Retryable(f"connection lost: {type(err).__name__}: {err}") from None
+        try:
+            return json.loads(body.decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise _Retryable(f"the reply is not JSON ({err})") from None
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, min(float(value), 300.0)) if value is not None else None
+    except ValueError:
+        return None
