@@ -36,6 +36,16 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distill(args: argparse.Namespace) -> int:
+    from aha.config.distill import DistillConfig
+    from aha.pipeline.distill import distill
+    from aha.utils.console import make_console
+
+    recipe, overrides = _split_recipe(args.settings)
+    distill(load_config(DistillConfig, recipe, overrides), make_console())
+    return 0
+
+
 def _sft(args: argparse.Namespace) -> int:
     from aha.config import SFTConfig
 
@@ -174,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.set_defaults(func=_plot)
     _add_eval(sub)
     _add_traces(sub)
+    _add_distill(sub)
     _add_data(sub)
     return parser
 
@@ -268,6 +279,25 @@ def _add_sft(sub) -> None:
     sft.add_argument("settings", nargs="*", metavar="RECIPE.yaml | key=value",
                      help="an optional YAML recipe, then field overrides")
     sft.set_defaults(func=_sft)
+
+
+def _add_distill(sub) -> None:
+    from aha.config.distill import DistillConfig
+
+    distill = sub.add_parser(
+        "distill", help="teacher traces -> verified, readable ones -> SFT of students -> retention table",
+        description="Distil a teacher into one or several students: sample the teacher's traces, keep the verified "
+                    "and readable ones, fine-tune each student on them (or logit / on-policy distillation), evaluate "
+                    "the teacher and every student before and after on the same held-out set, and print how much of "
+                    "the teacher's accuracy each student retains. Running the same command again resumes.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  aha distill recipes/smollm2/distill-chain-sum.yaml\n"
+               "  aha distill model=runs/zero prompts=chain_sum num_prompts=400 k=4 students=[smollm2-135m-instruct] "
+               "output_dir=runs/distill\n\nfields (set in a YAML recipe or as key=value; `model` is the teacher):\n"
+               + describe_fields(DistillConfig))
+    distill.add_argument("settings", nargs="*", metavar="RECIPE.yaml | key=value",
+                         help="an optional YAML recipe, then field overrides")
+    distill.set_defaults(func=_distill)
 
 
 def _add_eval(sub) -> None:

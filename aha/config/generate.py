@@ -21,6 +21,15 @@ class TracesSection(ReproSection, SamplesSection, PaperSampling, PromptSection, 
     task (chain_sum) whose training problems are used; rows need a `question` (map yours with field_map)."""
     num_prompts: int = 0
     """With a built-in task: how many of its training problems (0: 1000)."""
+
+    def check(self) -> None:
+        self.require_non_negative("num_prompts")
+        if self.temperature == 0 and self.k > 1:
+            raise self.error("temperature", f"0 is greedy decoding: its {self.k} samples would be identical")
+
+
+@dataclass
+class OutputSection(Config):
     output: str = ""
     """The output file (JSONL). aha generate: one line per trace, the prompt row's fields plus `completion` (and
     `reasoning` when the server returns reasoning_content); running the same command again adds only what is
@@ -28,13 +37,10 @@ class TracesSection(ReproSection, SamplesSection, PaperSampling, PromptSection, 
 
     def check(self) -> None:
         self.require(bool(self.output), "output", "give the output file, e.g. --output traces.jsonl")
-        self.require_non_negative("num_prompts")
-        if self.temperature == 0 and self.k > 1:
-            raise self.error("temperature", f"0 is greedy decoding: its {self.k} samples would be identical")
 
 
 @dataclass
-class GenerateConfig(TracesSection):
+class GenerateConfig(OutputSection, TracesSection):
     """Reasoning traces from a teacher: k samples per prompt, written as they come, resumable."""
 
     command: typing.ClassVar[str] = "generate"
@@ -77,15 +83,19 @@ class FilterSection(Config):
 
 
 @dataclass
-class SampleConfig(FilterSection, TracesSection):
+class TracesFileSection(Config):
+    traces: str = ""
+    """A traces file (from aha generate). aha sample grades and filters it; given prompts and a model, it first
+    generates the missing samples into it (default: OUTPUT with .traces.jsonl). aha distill uses it instead of
+    sampling the teacher."""
+
+
+@dataclass
+class SampleConfig(OutputSection, TracesFileSection, FilterSection, TracesSection):
     """Rejection sampling as R1 does it: k traces per prompt from a model (or a traces file), keep the verified
     and readable ones."""
 
     command: typing.ClassVar[str] = "sample"
-
-    traces: str = ""
-    """The traces file: read when it holds every sample; with prompts and a model, the missing samples are
-    generated into it first (default: OUTPUT with .traces.jsonl)."""
 
     def check(self) -> None:
         self.require(bool(self.prompts or self.traces), "prompts", "give the prompts to sample (and a model), or "

@@ -7,13 +7,13 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from aha.config.sections import (CheckpointSection, DataSection, ModelSection, OptimSection, PromptSection,
-                                 RunSection, SamplingSection, TaskSection, TuningSection)
+from aha.config.sections import (CheckpointSection, DataSection, HeldoutDataSection, ModelSection, OptimSection,
+                                 PromptSection, RunSection, SamplingSection, TaskSection, TeacherSection, TuningSection)
 
 
 @dataclass
-class GRPOConfig(CheckpointSection, RunSection, OptimSection, SamplingSection, PromptSection, DataSection,
-                 TaskSection, TuningSection, ModelSection):
+class GRPOConfig(TeacherSection, CheckpointSection, RunSection, OptimSection, SamplingSection, PromptSection,
+                 DataSection, HeldoutDataSection, TaskSection, TuningSection, ModelSection):
     """R1-Zero reinforcement learning with GRPO (and its variants) on verifiable rewards."""
 
     command: typing.ClassVar[str] = "train"
@@ -59,6 +59,9 @@ class GRPOConfig(CheckpointSection, RunSection, OptimSection, SamplingSection, P
     """With a generation engine that reports its own log-probs (vLLM, a server): weight each token by
     min(pi_old / pi_engine, cap), truncated importance sampling for the engine's numerics (0: off)."""
 
+    teacher_weight: float = 1.0
+    """With a teacher: the weight of its per-token term in the advantage."""
+
     # --- logging -----------------------------------------------------------------------------------
     log_completions: int = 8
     """Completions per step written to samples.jsonl."""
@@ -74,5 +77,5 @@ class GRPOConfig(CheckpointSection, RunSection, OptimSection, SamplingSection, P
         self.require_non_negative("ref_sync_steps", "log_completions", "engine_ratio_cap")
         for name in ("beta", "eps_low", "eps_high"):
             self.require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
-        self.require(isinstance(self.rewards, dict) and bool(self.rewards), "rewards",
-                     "give at least one reward, e.g. {accuracy: 1.0}")
+        self.require(isinstance(self.rewards, dict) and (bool(self.rewards) or bool(self.teacher)), "rewards",
+                     "give at least one reward, e.g. {accuracy: 1.0} (or a teacher, for on-policy distillation)")

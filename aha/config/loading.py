@@ -195,8 +195,13 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
     """Build ``cls`` from defaults, then ``base``, then a YAML file, then ``key=value`` overrides, and
     validate it (``validate()``)."""
     hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = dict(base or {})
+    values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    for given, value in (base or {}).items():
+        key = _canonical(cls, given, base, "base")
+        if key not in hints:
+            raise _unknown(cls, key, "base")
+        values[key] = _coerce(value, hints[key], key)
     if path is not None:
         path = Path(path)
         try:

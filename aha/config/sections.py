@@ -214,7 +214,16 @@ class CheckpointSection(Config):
 
 
 @dataclass
-class TaskSection(Config):
+class EvalSizeSection(Config):
+    eval_size: int = 100
+    """Problems in the fixed held-out set, answered greedily (never trained on); 0: no held-out evaluation."""
+
+    def check(self) -> None:
+        self.require_non_negative("eval_size")
+
+
+@dataclass
+class TaskSection(EvalSizeSection):
     """The prompts to learn from, and the held-out problems a run is judged by."""
 
     task: str = "chain_sum"
@@ -223,14 +232,9 @@ class TaskSection(Config):
     task_options: dict[str, typing.Any] = dataclasses.field(default_factory=dict)
     """Options of the built-in task (empty: its own defaults); for chain_sum min_terms (2), max_terms (3),
     min_digits (1), max_digits (1)."""
-    eval_dataset: Optional[str] = None
-    """For a dataset: a separate held-out file; without it the last eval_size rows are held out."""
-    eval_size: int = 100
-    """Problems in the fixed held-out set, evaluated greedily (never trained on); 0: no held-out evaluation."""
 
     def check(self) -> None:
         self.require(bool(self.task), "task", "give a built-in task name or a dataset")
-        self.require_non_negative("eval_size")
 
 
 @dataclass
@@ -295,3 +299,18 @@ class ServerSection(Config):
         self.require_positive("api_concurrency")
         self.require_non_negative("api_retries", "api_rate_limit", "api_backoff")
         self.require(self.api_timeout > 0, "api_timeout", f"must be > 0, got {self.api_timeout}")
+
+
+@dataclass
+class TeacherSection(Config):
+    teacher: Optional[str] = None
+    """A teacher model sharing the student's tokenizer. aha sft adds the KL from its next-token distribution on
+    every response token (logit distillation); aha train adds teacher_weight * (log p_teacher - log p_student)
+    to the advantage of every sampled token (on-policy distillation: the per-token reverse KL)."""
+
+
+@dataclass
+class HeldoutDataSection(Config):
+    eval_dataset: Optional[str] = None
+    """A separate held-out dataset (file, folder or hub name): aha train evaluates its problems greedily, aha sft
+    its rows' loss. Without it, part of the training data is held out (eval_size rows, or eval_fraction)."""

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import typing
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
-from aha.config.sections import (CheckpointSection, DataSection, ModelSection, OptimSection, PromptSection,
-                                 RunSection, TuningSection)
+from aha.config.sections import (CheckpointSection, DataSection, HeldoutDataSection, ModelSection, OptimSection,
+                                 PromptSection, RunSection, TeacherSection, TuningSection)
 
 
 @dataclass
@@ -25,8 +25,8 @@ class SFTOptim(OptimSection):
 
 
 @dataclass
-class SFTConfig(CheckpointSection, RunSection, SFTOptim, PromptSection, DataSection, TuningSection,
-                ModelSection):
+class SFTConfig(TeacherSection, CheckpointSection, RunSection, SFTOptim, PromptSection, HeldoutDataSection,
+                DataSection, TuningSection, ModelSection):
     """Supervised fine-tuning: the loss on response tokens only, full weights or LoRA."""
 
     command: typing.ClassVar[str] = "sft"
@@ -36,8 +36,6 @@ class SFTConfig(CheckpointSection, RunSection, SFTOptim, PromptSection, DataSect
     """Training rows: a .jsonl, .json, .csv or .parquet file, a folder of them, or a hub dataset name. Rows are
     conversations (`messages`: a list of {role, content}) or `prompt` + `completion` pairs (map other field
     names with field_map, e.g. {prompt: question, completion: response})."""
-    eval_dataset: Optional[str] = None
-    """Held-out rows for the evaluation loss; without it, eval_fraction of the dataset is held out."""
     eval_fraction: float = 0.05
     """Share of the dataset held out for the evaluation loss when there is no eval_dataset (at least one row
     once the dataset has 20; 0: none)."""
@@ -63,6 +61,12 @@ class SFTConfig(CheckpointSection, RunSection, SFTOptim, PromptSection, DataSect
     """Pack several examples into each row of a micro-batch (up to max_length tokens, each example attending
     only to itself) instead of padding them; the same loss, less padding."""
 
+    # --- logit distillation (with a teacher) --------------------------------------------------------
+    distill_alpha: float = 0.5
+    """With a teacher: loss = (1 - alpha) * NLL of the response + alpha * KL(teacher || student)."""
+    distill_temperature: float = 1.0
+    """With a teacher: both distributions are softened by this temperature (the KL is scaled by its square)."""
+
     def check(self) -> None:
         self.require(bool(self.dataset), "dataset", "give the training rows, e.g. dataset=data/cold_start.jsonl")
         self.require_positive("batch_size", "max_length")
@@ -70,3 +74,6 @@ class SFTConfig(CheckpointSection, RunSection, SFTOptim, PromptSection, DataSect
         self.require(self.num_epochs > 0 or self.max_steps > 0, "num_epochs",
                      "give num_epochs > 0, or max_steps > 0")
         self.require(bool(self.reasoning_delimiter), "reasoning_delimiter", "must not be empty")
+        self.require(0 <= self.distill_alpha <= 1, "distill_alpha", f"must be in [0, 1], got {self.distill_alpha}")
+        self.require(self.distill_temperature > 0, "distill_temperature",
+                     f"must be > 0, got {self.distill_temperature}")

@@ -40,11 +40,23 @@ class HeldoutResult:
 def evaluate_heldout(backend: GenerationBackend, builder: PromptBuilder, examples: list[dict[str, Any]],
                      max_new_tokens: int, stop: tuple[str, ...] = (),
                      spec: GradeSpec = GradeSpec()) -> HeldoutResult:
-    """Greedy-decode every held-out problem once and grade it with ``spec`` (default: ``accuracy``)."""
+    """Greedy-decode every held-out problem once with a backend and grade it with ``spec`` (default:
+    ``accuracy``)."""
     prompts = [builder.build(ex["question"]) for ex in examples]
     prompt_ids = builder.tokenizer(prompts, add_special_tokens=False)["input_ids"]
     params = SamplingParams(max_new_tokens, temperature=0.0, stop=stop)
-    generations = backend.generate(prompt_ids, params, builder.prefill)
+    return grade_heldout(examples, backend.generate(prompt_ids, params, builder.prefill), spec)
+
+
+def evaluate_sampler(sampler, examples: list[dict[str, Any]], max_new_tokens: int, stop: tuple[str, ...] = (),
+                     spec: GradeSpec = GradeSpec()) -> HeldoutResult:
+    """The same, through an evaluation sampler (a local model or a served one, see :mod:`aha.eval.samplers`)."""
+    prompts = sampler.prompts([ex["question"] for ex in examples])
+    generations = sampler.sample(prompts, 1, SamplingParams(max_new_tokens, temperature=0.0, stop=stop), 0)
+    return grade_heldout(examples, generations, spec)
+
+
+def grade_heldout(examples: list[dict[str, Any]], generations: list, spec: GradeSpec) -> HeldoutResult:
     completions = [g.text for g in generations]
     keys = sorted({key for ex in examples for key in ex})
     columns = {key: [ex.get(key) for ex in examples] for key in keys}
@@ -52,10 +64,11 @@ def evaluate_heldout(backend: GenerationBackend, builder: PromptBuilder, example
     samples = []
     for ex, gen, verdict in zip(examples, generations, verdicts):
         lenient = verdict["correct"]
+        tokens = getattr(gen, "completion_tokens", 0) or len(gen.token_ids)
         samples.append({"question": ex["question"], "answer": ex.get("answer"), "completion": gen.text,
                         "extracted": verdict["extracted"], "strict": lenient and verdict["format"],
                         "lenient": lenient, "format": verdict["format"], "finish_reason": gen.finish_reason,
-                        "tokens": len(gen.token_ids)})
+                        "tokens": tokens})
     share = lambda key: mean([float(bool(s[key])) for s in samples]) or 0.0  # noqa: E731
     return HeldoutResult(share("strict"), share("lenient"), share("format"),
                          mean([float(s["tokens"]) for s in samples]) or 0.0,

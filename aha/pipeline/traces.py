@@ -116,7 +116,7 @@ def check_settings(config: TracesSection, output: Path) -> None:
 def generate_traces(config: TracesSection, console: Console, output: str | Path | None = None) -> TraceFile:
     """Fill ``output`` (default ``config.output``) with k traces per prompt; returns the complete file.
     Raises IncompleteError, keeping every trace received, when some samples could not be produced."""
-    output = Path(output or config.output)
+    output = Path(output or getattr(config, "output", ""))
     prompts = load_prompts(config)
     check_settings(config, output)
     traces = TraceFile(output, prompts, config.k)

@@ -43,8 +43,10 @@ class GRPOTrainer(Trainer):
     progress_label = "GRPO"
 
     def __init__(self, config: GRPOConfig, layout: RunLayout, policy: Policy, backend: GenerationBackend,
-                 task: Task, rewards: list[RewardTerm], *, reference: torch.nn.Module | None = None, console=None):
+                 task: Task, rewards: list[RewardTerm], *, reference: torch.nn.Module | None = None,
+                 teacher: torch.nn.Module | None = None, console=None):
         super().__init__(config, layout, policy, console=console)
+        self.teacher = teacher
         self.backend = backend
         self.task = task
         self.rewards = rewards
@@ -65,7 +67,9 @@ class GRPOTrainer(Trainer):
         reference = None
         if config.beta > 0 and not is_peft(policy.model):  # LoRA: the reference is the base model
             reference = copy.deepcopy(policy.model).eval().requires_grad_(False)
-        return cls(config, layout, policy, backend, inputs.task, inputs.rewards, reference=reference, console=console)
+        teacher = load_teacher(config, policy.tokenizer) if config.teacher else None
+        return cls(config, layout, policy, backend, inputs.task, inputs.rewards, reference=reference, teacher=teacher,
+                   console=console)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -87,11 +91,13 @@ class GRPOTrainer(Trainer):
         keys = sorted({k for ex in examples for k in ex})
         columns = {k: [ex.get(k) for ex in examples for _ in range(c.group_size)] for k in keys}
         columns["completion_ids"] = [g.token_ids for g in generations]  # token lengths for length rewards
-        scored = score(self.rewards, completions, columns)
-        rewards = fill_unscored(scored.total, c.group_size)  # [N]
+        scored = score(self.rewards, completions, columns) if self.rewards else None
+        total = scored.total if scored else [0.0] * len(completions)
+        rewards = fill_unscored(total, c.group_size)  # [N]
         advantages = compute_advantages(rewards, c.group_size, c.advantage_estimator)  # [N]
         batch = build_train_batch(group_prompts, [g.token_ids for g in generations], advantages, self.backend.pad_id,
                                   c.group_size, engine_logprobs=[g.logprobs for g in generations])
+        teacher_stats = self._add_teacher_advantages(batch) if self.teacher is not None else {}
         t_scored = time.perf_counter()
         train_stats = self.optimise(batch)
         if self.reference is not None and c.ref_sync_steps and (step + 1) % c.ref_sync_steps == 0:
@@ -100,28 +106,49 @@ class GRPOTrainer(Trainer):
 
         lengths = [len(g.token_ids) for g in generations]
         grouped = rewards.view(-1, c.group_size)
+        per_reward = scored.per_reward if scored else {}
+        failures = scored.failures if scored else {}
         metrics: dict[str, Any] = {
             "reward": float(rewards.mean()), "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
-            **{f"reward/{k}": mean(v for v in vals if v is not None) for k, vals in scored.per_reward.items()},
-            **{f"reward_std/{k}": std(v for v in vals if v is not None) for k, vals in scored.per_reward.items()},
-            **{f"reward_failures/{k}": scored.failures.get(k, 0) for k in scored.per_reward},
+            **{f"reward/{k}": mean(v for v in vals if v is not None) for k, vals in per_reward.items()},
+            **{f"reward_std/{k}": std(v for v in vals if v is not None) for k, vals in per_reward.items()},
+            **{f"reward_failures/{k}": failures.get(k, 0) for k in per_reward},
             "format_rate": mean(float(follows_format(t)) for t in completions),
             "completion_length": mean(lengths), "completion_length_max": max(lengths),
             "truncated_rate": mean(float(g.finish_reason == "length") for g in generations),
             "zero_std_groups": float((grouped.max(dim=1).values == grouped.min(dim=1).values).float().mean()),
-            "unscored": sum(r is None for r in scored.total), "reward_failures": sum(scored.failures.values()),
+            "unscored": sum(r is None for r in total), "reward_failures": sum(failures.values()),
             "prompts_truncated": cut, "prompt_length": mean(len(p) for p in prompt_ids),
-            **train_stats,
+            **teacher_stats, **train_stats,
             "lr": self.policy.lr,
             "time/step": t_done - t0, "time/generation": t_generated - t0, "time/training": t_done - t_scored,
             "time/generated_tokens_per_s": sum(lengths) / max(t_generated - t0, 1e-9),
             "time/train_tokens_per_s": float(batch.attention_mask.sum()) / max(t_done - t_scored, 1e-9),
         }
-        samples = [{"question": columns["question"][i], "completion": completions[i], "reward": scored.total[i],
-                    **{f"reward/{k}": v[i] for k, v in scored.per_reward.items()},
+        samples = [{"question": columns["question"][i], "completion": completions[i], "reward": total[i],
+                    **{f"reward/{k}": v[i] for k, v in per_reward.items()},
                     "advantage": float(advantages[i]), "finish_reason": generations[i].finish_reason}
                    for i in range(min(c.log_completions, len(completions)))]
         return StepResult(metrics, samples)
+
+    @torch.no_grad()
+    def _add_teacher_advantages(self, batch: TrainBatch) -> dict[str, float]:
+        """On-policy distillation: each sampled token's advantage gains teacher_weight * (log p_teacher -
+        log p_student), the per-token reverse KL whose expectation the student then minimises (Agarwal et al.
+        2024, GKD; Thinking Machines 2025, "On-policy distillation"). Turns ``batch.advantages`` per-token."""
+        share = self.config.share_prompt_prefix and not self.config.gradient_checkpointing
+        gap = torch.zeros_like(batch.completion_mask)  # [N, C]
+        for rows in torch.arange(batch.size).split(self.config.micro_batch_size):
+            mb = batch.select(rows)
+            student = token_logprobs(self._logits(self.model, mb), mb.completion_ids)
+            teacher = token_logprobs(completion_logits(self.teacher, mb, temperature=1.0, share_prefix=share),
+                                     mb.completion_ids)
+            gap[rows, : mb.completion_width] = (teacher - student) * mb.completion_mask
+        mask = batch.completion_mask
+        outcome = batch.advantages if batch.advantages.dim() == 2 else batch.advantages[:, None] * mask
+        batch.advantages = outcome + self.config.teacher_weight * gap
+        reverse_kl = float(-(gap * mask).sum() / mask.sum().clamp(min=1))
+        return {"teacher_reverse_kl": reverse_kl}
 
     # --- optimisation ------------------------------------------------------------------------------
     def optimise(self, batch: TrainBatch) -> dict[str, float]:
@@ -244,6 +271,21 @@ class GRPOTrainer(Trainer):
         limit = self.config.max_prompt_length
         cut = sum(len(i) > limit for i in ids)
         return [i[-limit:] for i in ids], cut
+
+
+def load_teacher(config: GRPOConfig, tokenizer) -> torch.nn.Module:
+    """The frozen teacher of on-policy distillation; its tokenizer must be the student's."""
+    from aha.models import load_model, load_tokenizer
+    from aha.trainer.preflight import check_model
+
+    source = check_model(config, "teacher")
+    teacher_tokenizer = load_tokenizer(source)
+    if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise config.error("teacher", f"{config.teacher!r} has another tokenizer than the student; on-policy "
+                                      "distillation scores the student's tokens and needs a shared one")
+    model, _ = load_model(source, dtype=config.dtype, device=config.device, seed=config.seed,
+                          tokenizer=teacher_tokenizer)
+    return model.eval().requires_grad_(False)
 
 
 def fill_unscored(total: list[float | None], group_size: int) -> torch.Tensor:

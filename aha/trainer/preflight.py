@@ -21,15 +21,15 @@ class Inputs:
     """The loadable name of the model: a run or checkpoint directory resolved to its model folder."""
 
 
-def check_model(config) -> str:
-    """The model's loadable source, or a ConfigError naming the field ``model``."""
+def check_model(config, field: str = "model") -> str:
+    """The loadable source of the model a field names, or a ConfigError naming the field."""
     try:
-        source = resolve_model_source(config.model)
+        source = resolve_model_source(getattr(config, field))
     except RunDirError as err:
-        raise config.error("model", str(err)) from None
+        raise config.error(field, str(err)) from None
     problem = model_source_problem(source)
     if problem:
-        raise config.error("model", problem)
+        raise config.error(field, problem)
     return source
 
 
@@ -53,8 +53,10 @@ def check_task(config) -> Task:
 def check_inputs(config, task: Task | None = None) -> Inputs:
     """The task (``task`` when one is handed in), rewards and model source of an RL config, or the first
     problem with any of them."""
-    rewards = check_rewards(config)
+    rewards = check_rewards(config) if config.rewards else []
     task = task or check_task(config)
+    if getattr(config, "teacher", None):
+        check_model(config, "teacher")
     return Inputs(task, rewards, check_model(config))
 
 

@@ -89,9 +89,9 @@ def pack_examples(examples: list[SFTExample], pad_id: int, max_length: int) -> T
     return TokenBatch(ids, None, positions, loss)
 
 
-def response_logprobs(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
-    """log p(token | the tokens before it) of every trained token, in row-major order: ``[n]``. Logits are
-    computed only from the first column that predicts a trained token (``logits_to_keep``)."""
+def response_logits(model: torch.nn.Module, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits that predict every trained token, and those tokens, in row-major order: ``[n, V]``,
+    ``[n]``. Logits are computed only from the first column that predicts a trained token (``logits_to_keep``)."""
     device = next(model.parameters()).device
     predicts = torch.zeros_like(batch.loss_mask, dtype=torch.bool)  # [rows, L]: this position predicts a trained token
     predicts[:, :-1] = batch.loss_mask[:, 1:] > 0
@@ -99,16 +99,35 @@ def response_logprobs(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor
     targets[:, :-1] = batch.input_ids[:, 1:]
     columns = predicts.any(dim=0).nonzero()
     if columns.numel() == 0:
-        return torch.zeros(0, device=device)
+        return torch.zeros(0, 0, device=device), torch.zeros(0, dtype=torch.long, device=device)
     first = int(columns.min())
     width = batch.input_ids.shape[1]
     out = model(input_ids=batch.input_ids.to(device),
                 attention_mask=None if batch.attention_mask is None else batch.attention_mask.to(device),
                 position_ids=batch.position_ids.to(device), logits_to_keep=width - first, use_cache=False)
     keep = predicts[:, first:].to(device)
-    logits = out.logits[keep].float()  # [n, V]
-    labels = targets[:, first:].to(device)[keep]  # [n]
+    return out.logits[keep].float(), targets[:, first:].to(device)[keep]  # [n, V], [n]
+
+
+def response_logprobs(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
+    """log p(token | the tokens before it) of every trained token, in row-major order: ``[n]``."""
+    logits, labels = response_logits(model, batch)
+    if labels.numel() == 0:
+        return logits.new_zeros(0)
     return token_logprobs(logits.unsqueeze(0), labels.unsqueeze(0)).squeeze(0)
+
+
+def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+                    chunk_size: int = 512) -> torch.Tensor:
+    """Sum over positions of KL(teacher || student) between the next-token distributions at ``temperature``,
+    times temperature squared (Hinton et al. 2015, so gradients keep their scale): ``[n, V]`` twice -> scalar.
+    Computed in row chunks so that no second full-vocabulary tensor is held at once."""
+    total = student_logits.new_zeros(())
+    for start in range(0, student_logits.shape[0], chunk_size):
+        s = torch.log_softmax(student_logits[start: start + chunk_size] / temperature, dim=-1)
+        t = torch.log_softmax(teacher_logits[start: start + chunk_size].float() / temperature, dim=-1)
+        total = total + (t.exp() * (t - s)).sum()
+    return total * temperature**2
 
 
 class SFTTrainer(Trainer):
@@ -117,8 +136,10 @@ class SFTTrainer(Trainer):
     progress_label = "SFT"
 
     def __init__(self, config: SFTConfig, layout: RunLayout, policy: Policy, train: list[SFTExample],
-                 heldout: list[SFTExample], *, data_report: dict[str, Any] | None = None, console=None):
+                 heldout: list[SFTExample], *, data_report: dict[str, Any] | None = None,
+                 teacher: torch.nn.Module | None = None, console=None):
         super().__init__(config, layout, policy, console=console)
+        self.teacher = teacher
         if not train:
             raise DataError(f"{config.dataset}: no training examples")
         self.train = train
@@ -138,6 +159,8 @@ class SFTTrainer(Trainer):
     def from_config(cls, config: SFTConfig, *, console=None) -> "SFTTrainer":
         """Check the model and every data row before anything heavy, then load, tokenize and build the run."""
         model_source = check_model(config)
+        if config.teacher:
+            check_model(config, "teacher")
         field_map = dict(config.field_map)
         for source in filter(None, (config.dataset, config.eval_dataset)):
             check_rows(source, field_map, config.on_error)
@@ -151,7 +174,8 @@ class SFTTrainer(Trainer):
         if config.max_steps == 0:
             config.max_steps = cls.total_steps(config, len(train))  # recorded in config.yaml as used
         policy = build_policy(config, config.max_steps, model_source)
-        trainer = cls(config, layout, policy, train, heldout, data_report=report, console=console)
+        teacher = load_teacher(config, tokenizer) if config.teacher else None
+        trainer = cls(config, layout, policy, train, heldout, data_report=report, teacher=teacher, console=console)
         trainer.console.log(f"{len(train)} training and {len(heldout)} held-out examples; "
                             f"{report['truncated']} cut at max_length={config.max_length}, {report['skipped']} "
                             f"skipped; {config.max_steps} steps of {config.batch_size}")
@@ -191,18 +215,29 @@ class SFTTrainer(Trainer):
         total = sum(b.trained_tokens for b in batches)
         self.policy.model.train()
         self.policy.zero_grad()
-        loss_sum = 0.0
+        sums = {"loss": 0.0, "nll": 0.0, "kl": 0.0}
+        alpha = c.distill_alpha if self.teacher is not None else 0.0
         for batch in batches:
-            logp = response_logprobs(self.policy.model, batch)  # [n]
-            loss = -logp.sum() / max(total, 1)
+            logits, labels = response_logits(self.policy.model, batch)  # [n, V], [n]
+            nll = -token_logprobs(logits.unsqueeze(0), labels.unsqueeze(0)).sum() / max(total, 1)
+            loss = (1 - alpha) * nll
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_logits, _ = response_logits(self.teacher, batch)
+                kl = distillation_kl(logits, teacher_logits, c.distill_temperature) / max(total, 1)
+                loss = loss + alpha * kl
+                sums["kl"] += float(kl.detach())
             loss.backward()
-            loss_sum += float(loss.detach())
+            sums["loss"] += float(loss.detach())
+            sums["nll"] += float(nll.detach())
         grad_norm = self.policy.step(c.max_grad_norm)
         elapsed = time.perf_counter() - t0
         tokens = sum(len(e) for e in examples)
-        metrics = {"loss": loss_sum, "trained_tokens": total, "tokens": tokens, "examples": len(examples),
+        metrics = {"loss": sums["loss"], "trained_tokens": total, "tokens": tokens, "examples": len(examples),
                    "epoch": (step + 1) / self.steps_per_epoch, "grad_norm": grad_norm, "lr": self.policy.lr,
                    "time/step": elapsed, "time/tokens_per_s": tokens / max(elapsed, 1e-9)}
+        if self.teacher is not None:
+            metrics.update(nll=sums["nll"], kl=sums["kl"])
         return StepResult(metrics)
 
     # --- the run core's hooks ----------------------------------------------------------------------
@@ -245,6 +280,21 @@ class SFTTrainer(Trainer):
         if before and after:
             self.console.log(f"held-out loss {before['loss']:.4f} -> {after['loss']:.4f}")
         return summary
+
+
+def load_teacher(config: SFTConfig, tokenizer) -> torch.nn.Module:
+    """The frozen teacher of logit distillation; its tokenizer must be the student's."""
+    from aha.models import load_model, load_tokenizer
+
+    source = check_model(config, "teacher")
+    teacher_tokenizer = load_tokenizer(source)
+    if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise config.error("teacher", f"{config.teacher!r} has another tokenizer than the student; logit "
+                                      "distillation compares next-token distributions and needs a shared one (use "
+                                      "response distillation)")
+    model, _ = load_model(source, dtype=config.dtype, device=config.device, seed=config.seed,
+                          tokenizer=teacher_tokenizer)
+    return model.eval().requires_grad_(False)
 
 
 def check_rows(source: str, field_map: dict[str, str], on_error: str) -> None:

@@ -4,13 +4,20 @@ the paper evaluates)."""
 
 import ast
 import dataclasses
+import itertools
 import typing
 from pathlib import Path
 
-from aha.config import EvalConfig, GRPOConfig, aliases, field_docs, load_config
-from aha.config.eval import PaperSampling
+from aha.config import EvalConfig, GRPOConfig, SFTConfig, aliases, field_docs, load_config
+from aha.config.distill import DistillConfig
+from aha.config.generate import GenerateConfig, SampleConfig
+from aha.config.sections import PaperSampling
+from aha.config.sft import SFTOptim
 
-CONFIGS = [GRPOConfig, EvalConfig]
+CONFIGS = [GRPOConfig, EvalConfig, SFTConfig, GenerateConfig, SampleConfig, DistillConfig]
+DECLARED_DEFAULTS = {EvalConfig: PaperSampling, GenerateConfig: PaperSampling, SampleConfig: PaperSampling,
+                     DistillConfig: PaperSampling, SFTConfig: SFTOptim}
+"""The commands that give shared settings their own defaults, and the section that declares them."""
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "aha" / "config"
 
 
@@ -41,24 +48,31 @@ def test_every_field_is_documented_in_exactly_one_place():
 
 
 def test_shared_fields_have_one_type_and_one_docstring():
-    grpo, evaluation = typing.get_type_hints(GRPOConfig), typing.get_type_hints(EvalConfig)
+    for a, b in itertools.combinations(CONFIGS, 2):
+        hints_a, hints_b = typing.get_type_hints(a), typing.get_type_hints(b)
+        docs_a, docs_b = field_docs(a), field_docs(b)
+        for name in defaults(a).keys() & defaults(b).keys():
+            assert hints_a[name] == hints_b[name] and docs_a[name] == docs_b[name], (a.__name__, b.__name__, name)
     shared = defaults(GRPOConfig).keys() & defaults(EvalConfig).keys()
     assert {"model", "temperature", "max_completion_length", "prompt_template", "seed", "output_dir"} <= shared
-    docs_grpo, docs_eval = field_docs(GRPOConfig), field_docs(EvalConfig)
-    for name in shared:
-        assert grpo[name] == evaluation[name] and docs_grpo[name] == docs_eval[name], name
 
 
 def test_a_shared_setting_differs_in_default_only_where_a_command_declares_it():
+    for a, b in itertools.combinations(CONFIGS, 2):
+        da, db = defaults(a), defaults(b)
+        differing = {name for name in da.keys() & db.keys() if da[name] != db[name]}
+        declared = set()
+        for cls in (a, b):
+            declared |= set(DECLARED_DEFAULTS[cls].__annotations__) if cls in DECLARED_DEFAULTS else set()
+        assert differing <= declared, (a.__name__, b.__name__, differing - declared)
     grpo, evaluation = defaults(GRPOConfig), defaults(EvalConfig)
-    differing = {name for name in grpo.keys() & evaluation.keys() if grpo[name] != evaluation[name]}
-    declared = set(PaperSampling.__annotations__)  # eval's sampling defaults: the paper's protocol
-    assert differing == declared
+    differing = {n for n in grpo.keys() & evaluation.keys() if grpo[n] != evaluation[n]}
+    assert differing == set(PaperSampling.__annotations__)
 
 
 def test_one_name_per_setting_and_the_former_names_still_work():
     assert aliases(GRPOConfig)["advantage_scale"] == "advantage_estimator"
-    for cls in CONFIGS:
+    for cls in (GRPOConfig, EvalConfig):
         assert load_config(cls, overrides=["max_new_tokens=7"]).max_completion_length == 7
         assert load_config(cls, overrides=["stop=[x]"]).stop_strings == ["x"]
         assert load_config(cls, overrides=["prompt=chat"]).prompt_template == "chat"
@@ -67,7 +81,7 @@ def test_one_name_per_setting_and_the_former_names_still_work():
 
 
 def test_the_prefill_follows_the_template_in_every_command():
-    for cls in CONFIGS:
+    for cls in (GRPOConfig, EvalConfig):
         assert load_config(cls).prefill_text == "<think>"
         assert load_config(cls, overrides=["prompt_template=chat"]).prefill_text == ""
         assert load_config(cls, overrides=["prompt_template=chat", "prefill=<t>"]).prefill_text == "<t>"

@@ -30,7 +30,7 @@ def data_file(tmp_path, text: str, name: str = "train.jsonl"):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["rewards={acuracy: 1.0}"], "aha: error: rewards.acuracy: unknown reward 'acuracy'; valid: accuracy, code, "),
+    (["rewards={acuracy: 1.0}"], "aha: error: rewards.acuracy: unknown reward 'acuracy'; valid: accuracy, "),
     (["rewards={accuracy: {weight: heavy}}"], "aha: error: rewards.accuracy.weight must be a number, got 'heavy'"),
     (["rewards={accuracy: {fallback_last_number: maybe}}"],
      "aha: error: rewards.accuracy: accuracy: fallback_last_number must be true or false, got 'maybe'"),
@@ -78,7 +78,9 @@ def test_an_existing_run_is_refused_before_a_model_loads(tmp_path, capsys, no_mo
 
 
 def test_a_hub_id_that_cannot_be_loaded_is_one_line(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import; the hub is not asked
     code, err = run(capsys, "model=no-such-org/no-such-model", f"output_dir={tmp_path / 'run'}", "eval_size=0")
     assert code == 2 and err.startswith("aha: error: cannot load the tokenizer of 'no-such-org/no-such-model'")
     assert "\n" not in err
