@@ -27,33 +27,23 @@ def _split_recipe(args: list[str]) -> tuple[str | None, list[str]]:
     return recipe, overrides
 
 
-def _train(args: argparse.Namespace) -> int:
+def _run_recipe(args: argparse.Namespace) -> int:
+    """``aha train|sft|distill [RECIPE.yaml] [key=value ...]``: load the config, then run the command."""
     recipe, overrides = _split_recipe(args.settings)
-    config = load_config(GRPOConfig, recipe, overrides)
-    from aha.trainer.grpo import GRPOTrainer
+    config = load_config(args.config_class, recipe, overrides)
+    if args.command == "train":
+        from aha.trainer.grpo import GRPOTrainer
 
-    GRPOTrainer.from_config(config).fit()
-    return 0
+        GRPOTrainer.from_config(config).fit()
+    elif args.command == "sft":
+        from aha.trainer.sft import SFTTrainer
 
+        SFTTrainer.from_config(config).fit()
+    else:
+        from aha.pipeline.distill import distill
+        from aha.utils.console import make_console
 
-def _distill(args: argparse.Namespace) -> int:
-    from aha.config.distill import DistillConfig
-    from aha.pipeline.distill import distill
-    from aha.utils.console import make_console
-
-    recipe, overrides = _split_recipe(args.settings)
-    distill(load_config(DistillConfig, recipe, overrides), make_console())
-    return 0
-
-
-def _sft(args: argparse.Namespace) -> int:
-    from aha.config import SFTConfig
-
-    recipe, overrides = _split_recipe(args.settings)
-    config = load_config(SFTConfig, recipe, overrides)
-    from aha.trainer.sft import SFTTrainer
-
-    SFTTrainer.from_config(config).fit()
+        distill(config, make_console())
     return 0
 
 
@@ -166,27 +156,49 @@ def build_parser() -> argparse.ArgumentParser:
         prog="aha", description="Reasoning from reinforcement learning with verifiable rewards (the DeepSeek-R1 "
                                 "recipe) on any Hugging Face causal LM.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    train = sub.add_parser(
-        "train", help="R1-Zero RL (GRPO and variants) with verifiable rewards",
-        description="Train a policy with GRPO. With no recipe, runs the default R1-Zero job: SmolLM2-135M-Instruct "
-                    "on multi-step arithmetic (chain_sum), evaluated greedily on a held-out set before and after.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  aha train\n  aha train recipes/zero-tiny.yaml lr=1e-5 group_size=8\n"
-               "  aha train output_dir=runs/a resume=true\n\nfields (set in a YAML recipe or as key=value):\n"
-               + describe_fields(GRPOConfig))
-    train.add_argument("settings", nargs="*", metavar="RECIPE.yaml | key=value",
-                       help="an optional YAML recipe, then field overrides")
-    train.set_defaults(func=_train)
-    _add_sft(sub)
+    from aha.config import SFTConfig
+    from aha.config.distill import DistillConfig
+
+    _add_recipe_command(
+        sub, "train", GRPOConfig, "R1-Zero RL (GRPO and variants) with verifiable rewards",
+        "Train a policy with GRPO. With no recipe, runs the default R1-Zero job: SmolLM2-135M-Instruct on multi-step "
+        "arithmetic (chain_sum), evaluated greedily on a held-out set before and after.",
+        ["aha train", "aha train recipes/zero-tiny.yaml lr=1e-5 group_size=8",
+         "aha train output_dir=runs/a resume=true"])
+    _add_recipe_command(
+        sub, "sft", SFTConfig, "supervised fine-tuning (cold-start traces, distillation students)",
+        "Fine-tune a model on conversations or prompt/completion pairs; the loss is on the response tokens. Same run "
+        "directory, checkpoints and resume as aha train.",
+        ["aha sft model=smollm2-135m-instruct dataset=traces.jsonl output_dir=runs/sft",
+         "aha sft dataset=cold_start.jsonl trace_format=r1 lora_rank=16", "aha sft output_dir=runs/sft resume=true"])
+    _add_recipe_command(
+        sub, "distill", DistillConfig,
+        "teacher traces -> verified, readable ones -> SFT of students -> retention table",
+        "Distil a teacher (`model`) into one or several students: sample the teacher's traces, keep the verified and "
+        "readable ones, fine-tune each student on them (or logit / on-policy distillation), evaluate the teacher and "
+        "every student before and after on the same held-out set, and print how much of the teacher's accuracy each "
+        "student retains. Running the same command again resumes.",
+        ["aha distill recipes/smollm2/distill-chain-sum.yaml",
+         "aha distill model=runs/zero prompts=chain_sum num_prompts=400 k=4 students=[smollm2-135m-instruct]"])
     plot = sub.add_parser("plot", help="draw a run's training curves (reward, accuracy, format, length) to a PNG")
     plot.add_argument("run_dir", help="a run directory (holds metrics.jsonl)")
     plot.add_argument("--out", help="the PNG to write (default: RUN_DIR/curves.png)")
     plot.set_defaults(func=_plot)
     _add_eval(sub)
     _add_traces(sub)
-    _add_distill(sub)
     _add_data(sub)
     return parser
+
+
+def _add_recipe_command(sub, name: str, cls: type, summary: str, description: str, examples: list[str]) -> None:
+    """A command that takes an optional YAML recipe, then ``key=value`` overrides of ``cls``'s fields."""
+    command = sub.add_parser(
+        name, help=summary, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n" + "".join(f"  {e}\n" for e in examples)
+               + "\nfields (set in a YAML recipe or as key=value):\n" + describe_fields(cls))
+    command.add_argument("settings", nargs="*", metavar="RECIPE.yaml | key=value",
+                         help="an optional YAML recipe, then field overrides")
+    command.set_defaults(func=_run_recipe, config_class=cls)
 
 
 def _load_source(source: str, field_map: str | None, on_error: str, required=("question",)):
@@ -263,41 +275,6 @@ def _add_data(sub) -> None:
     decon.add_argument("--ngram", type=int, default=8, help="n of the word n-grams (default 8)")
     decon.add_argument("--output", metavar="CLEAN.jsonl", help="write the training rows that are not contaminated")
     decon.set_defaults(func=_data_decontaminate)
-
-
-def _add_sft(sub) -> None:
-    from aha.config import SFTConfig
-
-    sft = sub.add_parser(
-        "sft", help="supervised fine-tuning (cold-start traces, distillation students)",
-        description="Fine-tune a model on conversations or prompt/completion pairs; the loss is on the response "
-                    "tokens. Same run directory, checkpoints and resume as aha train.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  aha sft model=smollm2-135m-instruct dataset=traces.jsonl output_dir=runs/sft\n"
-               "  aha sft recipes/smollm2/sft-cold-start.yaml lora_rank=16\n  aha sft output_dir=runs/sft resume=true\n"
-               "\nfields (set in a YAML recipe or as key=value):\n" + describe_fields(SFTConfig))
-    sft.add_argument("settings", nargs="*", metavar="RECIPE.yaml | key=value",
-                     help="an optional YAML recipe, then field overrides")
-    sft.set_defaults(func=_sft)
-
-
-def _add_distill(sub) -> None:
-    from aha.config.distill import DistillConfig
-
-    distill = sub.add_parser(
-        "distill", help="teacher traces -> verified, readable ones -> SFT of students -> retention table",
-        description="Distil a teacher into one or several students: sample the teacher's traces, keep the verified "
-                    "and readable ones, fine-tune each student on them (or logit / on-policy distillation), evaluate "
-                    "the teacher and every student before and after on the same held-out set, and print how much of "
-                    "the teacher's accuracy each student retains. Running the same command again resumes.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  aha distill recipes/smollm2/distill-chain-sum.yaml\n"
-               "  aha distill model=runs/zero prompts=chain_sum num_prompts=400 k=4 students=[smollm2-135m-instruct] "
-               "output_dir=runs/distill\n\nfields (set in a YAML recipe or as key=value; `model` is the teacher):\n"
-               + describe_fields(DistillConfig))
-    distill.add_argument("settings", nargs="*", metavar="RECIPE.yaml | key=value",
-                         help="an optional YAML recipe, then field overrides")
-    distill.set_defaults(func=_distill)
 
 
 def _add_eval(sub) -> None:

@@ -24,6 +24,13 @@ def test_every_value_in_the_default_recipe_is_the_default():
     assert differing == {}
 
 
+def command_of(path: Path):
+    from aha.config import SFTConfig
+    from aha.config.distill import DistillConfig
+
+    return {"distill": DistillConfig, "sft": SFTConfig}.get(path.stem.split("-")[0], GRPOConfig)
+
+
 @pytest.mark.parametrize("path", sorted(RECIPES.rglob("*.yaml")), ids=lambda p: str(p.relative_to(RECIPES)))
 def test_every_recipe_loads(path):
-    load_config(GRPOConfig, path)
+    load_config(command_of(path), path)

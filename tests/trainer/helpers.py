@@ -51,3 +51,19 @@ def tiny_overrides(tmp_path, **extra) -> list[str]:
             "learning_rate": 3e-3, "micro_batch_size": 6}
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+def fit_until_crash(trainer, step: int) -> None:
+    """Run ``trainer.fit()`` and stop it with KeyboardInterrupt as step ``step`` (from 0) begins."""
+    import pytest
+
+    original = type(trainer).train_step
+
+    def crash(self, at):
+        if at == step:
+            raise KeyboardInterrupt
+        return original(self, at)
+
+    trainer.train_step = crash.__get__(trainer)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()

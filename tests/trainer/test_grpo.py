@@ -6,7 +6,7 @@ import torch
 from aha.config import GRPOConfig, load_config
 from aha.run import RunDirError
 from aha.trainer.grpo import GRPOTrainer
-from tests.trainer.helpers import tiny_overrides, tiny_task
+from tests.trainer.helpers import fit_until_crash, tiny_overrides, tiny_task
 
 
 def make(tmp_path, **extra) -> GRPOTrainer:
@@ -64,23 +64,13 @@ def test_reward_goes_up_on_a_trivially_learnable_task(tmp_path):
 
 @pytest.mark.parametrize("extra", [{}, {"beta": 0.1, "num_iterations": 2, "loss_type": "dapo"},
                                    {"lora_rank": 4, "beta": 0.05, "learning_rate": 1e-2}])
-def test_resume_gives_the_same_next_steps_as_an_uninterrupted_run(tmp_path, monkeypatch, extra):
+def test_resume_gives_the_same_next_steps_as_an_uninterrupted_run(tmp_path, extra):
     uninterrupted = make(tmp_path / "a", max_steps=4, save_steps=2, lr_scheduler="linear", warmup_steps=1, **extra)
     uninterrupted.fit()
     expected = read_metrics(uninterrupted)
 
     interrupted = make(tmp_path / "b", max_steps=4, save_steps=2, lr_scheduler="linear", warmup_steps=1, **extra)
-    original = GRPOTrainer.train_step
-
-    def crash_at_third_step(self, step):
-        if step == 2:
-            raise KeyboardInterrupt
-        return original(self, step)
-
-    monkeypatch.setattr(GRPOTrainer, "train_step", crash_at_third_step)
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.fit()
-    monkeypatch.setattr(GRPOTrainer, "train_step", original)
+    fit_until_crash(interrupted, step=2)
 
     resumed = make(tmp_path / "b", max_steps=4, save_steps=2, lr_scheduler="linear", warmup_steps=1, resume=True,
                    **extra)

@@ -12,6 +12,7 @@ from aha.config import SFTConfig, load_config
 from aha.data.conversations import SFTExample
 from aha.models import load_model
 from aha.trainer.sft import SFTTrainer, pack_examples, pad_examples, response_logprobs
+from tests.trainer.helpers import fit_until_crash
 
 
 def write_rows(path, n: int = 24):
@@ -86,21 +87,10 @@ def test_packing_gives_the_same_step_as_padding(tmp_path):
     assert packed_rows < padded_rows
 
 
-def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
     straight = make(tmp_path / "a", save_steps=2, max_steps=5)
     straight.fit()
-    interrupted = make(tmp_path / "b", save_steps=2, max_steps=5)
-    original = SFTTrainer.train_step
-
-    def crash(self, step):
-        if step == 3:
-            raise KeyboardInterrupt
-        return original(self, step)
-
-    monkeypatch.setattr(SFTTrainer, "train_step", crash)
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.fit()
-    monkeypatch.setattr(SFTTrainer, "train_step", original)
+    fit_until_crash(make(tmp_path / "b", save_steps=2, max_steps=5), step=3)
     resumed = make(tmp_path / "b", save_steps=2, max_steps=5, resume=True)
     resumed.fit()
 
