@@ -343,16 +343,21 @@ def main(argv: list[str] | None = None) -> int:
     from aha.models import ModelLoadError
     from aha.pipeline.traces import IncompleteError
     from aha.rollout.openai import ServerError
-    from aha.run import RunDirError
+    from aha.run import DiskFullError, RunDirError
+    from aha.trainer.core import NonFiniteError
 
     try:
         return args.func(args)
     except (ConfigError, DataError, ModelLoadError, RunDirError) as err:
         print(f"aha: error: {err}", file=sys.stderr)
         return 2
-    except (IncompleteError, ServerError) as err:
+    except (IncompleteError, ServerError, DiskFullError, NonFiniteError) as err:
         print(f"aha: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as err:
+        print(f"aha: {err or 'interrupted'}; what was written is kept (run the same command to resume)",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -158,6 +158,9 @@ class OptimSection(Config):
     max_train_minutes: float = 15.0
     """Stop training after this many minutes of wall time, finishing the step in flight (0: no limit). A
     time limit makes where a run stops depend on the machine; set 0 for runs that must reproduce."""
+    max_nonfinite_steps: int = 5
+    """A step whose loss or gradient is not finite is skipped (no update) and counted; this many in a row
+    stop the run, its last checkpoint intact."""
 
     def check(self) -> None:
         from transformers.trainer_utils import SchedulerType
@@ -166,7 +169,7 @@ class OptimSection(Config):
         names = [s.value for s in SchedulerType]
         self.require(self.lr_scheduler in names, "lr_scheduler",
                      f"unknown scheduler {self.lr_scheduler!r}; valid: {', '.join(names)}")
-        self.require_positive("micro_batch_size")
+        self.require_positive("micro_batch_size", "max_nonfinite_steps")
         self.require_non_negative("warmup_steps", "max_steps", "max_train_minutes", "weight_decay", "max_grad_norm")
 
 

@@ -35,6 +35,7 @@ from aha.eval.samples import SampleStore
 from aha.rollout.base import SamplingParams
 from aha.utils.console import make_console
 from aha.utils.io import atomic_write_json
+from aha.utils.signals import GracefulStop
 
 SAMPLE_DEFINING = ("model", "api_base", "tokenizer", "api_chat", "temperature", "top_p", "max_completion_length",
                    "stop_strings", "prompt_template", "system_prompt", "question_template", "prefill",
@@ -131,10 +132,12 @@ class Evaluation:
         if batches:
             self.sampler = make_sampler(c)
         params = SamplingParams(c.max_completion_length, c.temperature, c.top_p, tuple(c.stop_strings))
-        with Grader(c.grader_workers) as grader:
+        with Grader(c.grader_workers) as grader, GracefulStop(self.console, "the current batch") as stop:
             pending: list[tuple[Future, list[dict[str, Any]]]] = []
             with EvalProgress(self.console, total) as progress:
                 for batch in batches:
+                    if stop.requested:
+                        break
                     records = self._generate(batch, params)
                     spec = self.specs[batch.data.name]
                     columns = _columns(batch.data, records)
@@ -142,6 +145,10 @@ class Evaluation:
                     pending = self._write_graded(pending, wait=False)
                     progress.advance(len(records), batch.data.name)
                 self._write_graded(pending, wait=True)
+            if stop.requested:
+                self.console.log(f"stopped by {stop.signal_name}: {len(self.store)} samples are in "
+                                 f"{self.out / 'samples.jsonl'}; run the same command again to finish")
+                return {"stopped": stop.signal_name, "samples": len(self.store)}
             results = self._results(grader)
         atomic_write_json(self.out / "results.json", results)
         self.console.print(results_table(results))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import re
 import time
 from pathlib import Path
@@ -69,8 +70,6 @@ def student_config(config: DistillConfig, student: str, dataset: Path, output_di
 
 
 def _yaml(value: Any) -> str:
-    import json
-
     return value if isinstance(value, str) else json.dumps(value)
 
 
@@ -139,8 +138,8 @@ def distill(config: DistillConfig, console: Console) -> dict[str, Any]:
     started = time.perf_counter()
 
     traces_path = Path(config.traces) if config.traces else root / "traces.jsonl"
-    if not config.traces:
-        generate_traces(config, console, output=traces_path)
+    if not config.traces and generate_traces(config, console, output=traces_path).stopped:
+        return {"stopped": True}
     sample_values = {f.name: getattr(config, f.name) for f in dataclasses.fields(SampleConfig)
                      if hasattr(config, f.name)}
     sample_config = SampleConfig(**{**sample_values, "prompts": "", "traces": str(traces_path),
@@ -156,7 +155,8 @@ def distill(config: DistillConfig, console: Console) -> dict[str, Any]:
         name = slug(student)
         run_dir = root / "students" / name
         before = evaluate_model(config, student, examples, root / "eval" / f"{name}-before.jsonl", console)
-        train(config, student_config(config, student, kept_path, run_dir), console)
+        if train(config, student_config(config, student, kept_path, run_dir), console).get("stopped"):
+            return {"stopped": True}
         after = evaluate_model(config, str(run_dir), examples, root / "eval" / f"{name}-after.jsonl", console)
         rows.append(retention_row(student, teacher, before, after, run_dir))
     summary = {"method": config.method, "teacher": teacher, "students": rows, "traces": str(traces_path),
@@ -168,16 +168,18 @@ def distill(config: DistillConfig, console: Console) -> dict[str, Any]:
     return summary
 
 
-def train(config: DistillConfig, student: SFTConfig | GRPOConfig, console: Console) -> None:
+def train(config: DistillConfig, student: SFTConfig | GRPOConfig, console: Console) -> dict[str, Any]:
     from aha.trainer.grpo import GRPOTrainer
     from aha.trainer.sft import SFTTrainer
 
     layout = RunLayout(student.output_dir)
     if layout.summary.exists() and layout.latest_checkpoint() is not None:
-        console.log(f"{student.model}: trained already ({layout.root})")
-        return
+        summary = json.loads(layout.summary.read_text(encoding="utf-8"))
+        if not summary.get("stopped"):
+            console.log(f"{student.model}: trained already ({layout.root})")
+            return summary
     trainer_cls = GRPOTrainer if isinstance(student, GRPOConfig) else SFTTrainer
-    trainer_cls.from_config(student, console=console).fit()
+    return trainer_cls.from_config(student, console=console).fit()
 
 
 def retention_row(student: str, teacher: dict, before: dict, after: dict, run_dir: Path) -> dict[str, Any]:

@@ -94,8 +94,10 @@ def select(config: SampleConfig, traces: list[dict[str, Any]], verified: list[bo
 def rejection_sample(config: SampleConfig, console: Console) -> dict[str, Any]:
     """Run rejection sampling (see the module docstring); returns the report written beside the output."""
     if config.prompts:
-        traces = generate_traces(config, console, output=config.traces_path).ordered()
-        source = config.traces_path
+        generated = generate_traces(config, console, output=config.traces_path)
+        if generated.stopped:
+            return {"stopped": generated.stopped, "traces": len(generated.rows)}
+        traces, source = generated.ordered(), config.traces_path
     else:
         traces, source = read_traces(config.traces), config.traces
     kept, removed, examples = select(config, traces, verdicts(config, traces))

@@ -29,6 +29,7 @@ from aha.eval.report import EvalProgress
 from aha.eval.runner import batch_seed
 from aha.rollout.base import SamplingParams
 from aha.utils.io import JsonlFile, atomic_write_json
+from aha.utils.signals import GracefulStop
 
 SETTINGS = ("model", "api_base", "api_chat", "temperature", "top_p", "max_completion_length", "stop_strings",
             "prompt_template", "system_prompt", "question_template", "prefill", "use_chat_template", "seed", "k")
@@ -64,6 +65,8 @@ class TraceFile:
     prompts: list[dict[str, Any]]
     k: int
     rows: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+    stopped: str | None = None
+    """The signal that stopped generation before every sample was there, if one did."""
 
     def __post_init__(self):
         self.file = JsonlFile(self.path, fsync=False)
@@ -131,13 +134,19 @@ def generate_traces(config: TracesSection, console: Console, output: str | Path 
     params = SamplingParams(config.max_completion_length, config.temperature, config.top_p,
                             tuple(config.stop_strings))
     started = time.perf_counter()
-    with EvalProgress(console, len(missing)) as progress:
+    before = len(traces.rows)
+    with GracefulStop(console, "the requests in flight") as stop, EvalProgress(console, len(missing)) as progress:
         if config.api_base:
-            failed = _from_server(config, sampler, traces, missing, params, progress)
+            failed = _from_server(config, sampler, traces, missing, params, progress, stop)
         else:
-            failed = _from_local_model(config, sampler, traces, missing, params, progress)
+            failed = _from_local_model(config, sampler, traces, missing, params, progress, stop)
     console.log(f"{output}: {len(traces.rows)} traces of {len(prompts)} prompts x {config.k} "
-                f"({len(missing) - len(failed)} new in {time.perf_counter() - started:.1f} s)")
+                f"({len(traces.rows) - before} new in {time.perf_counter() - started:.1f} s)")
+    if stop.requested:
+        console.log(f"stopped by {stop.signal_name}: {len(traces.rows)} of {len(prompts) * config.k} traces are in "
+                    f"{output}; run the same command again to generate the rest")
+        traces.stopped = stop.signal_name
+        return traces
     if failed:
         raise IncompleteError(f"{len(failed)} of {len(missing)} samples failed ({failed[0]}); the "
                               f"{len(traces.rows)} traces received are in {output}; run the same command again to "
@@ -145,11 +154,13 @@ def generate_traces(config: TracesSection, console: Console, output: str | Path 
     return traces
 
 
-def _from_local_model(config, sampler, traces: TraceFile, missing, params, progress) -> list[str]:
+def _from_local_model(config, sampler, traces: TraceFile, missing, params, progress, stop) -> list[str]:
     """Batches of prompts fixed by position; each batch seeded by its place, so a re-run samples the same."""
     k, todo = config.k, set(missing)
     per_batch = max(1, config.generation_batch_size // k)
     for number, start in enumerate(range(0, len(traces.prompts), per_batch)):
+        if stop.requested:
+            break
         indices = range(start, min(start + per_batch, len(traces.prompts)))
         need = [(i, j) for i in indices for j in range(k) if (i, j) in todo]
         if not need:
@@ -162,7 +173,7 @@ def _from_local_model(config, sampler, traces: TraceFile, missing, params, progr
     return []
 
 
-def _from_server(config, sampler, traces: TraceFile, missing, params, progress) -> list[str]:
+def _from_server(config, sampler, traces: TraceFile, missing, params, progress, stop) -> list[str]:
     """One request per missing sample, seeded by (seed, prompt, sample); each trace written as it arrives."""
     backend = sampler.backend
     prompts = sampler.prompts([p["question"] for p in traces.prompts])
@@ -175,7 +186,7 @@ def _from_server(config, sampler, traces: TraceFile, missing, params, progress) 
             requests += backend.text_requests([prompts[i]], params, 1, seed)
     prefill = "" if config.api_chat else sampler.builder.prefill
     failed = []
-    for index, outcome in backend.stream(requests, prefill):
+    for index, outcome in backend.stream(requests, prefill, stop=lambda: stop.requested):
         i, j = missing[index]
         if isinstance(outcome, Exception):
             failed.append(f"prompt {i} sample {j}: {outcome}")

@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from aha.rollout.base import Generation, SamplingParams
 
@@ -160,15 +160,22 @@ class OpenAIBackend:
                 requests.append(body)
         return requests
 
-    def stream(self, requests: list[dict[str, Any]], prefill: str = "") -> Iterator[tuple[int, Generation | Exception]]:
+    def stream(self, requests: list[dict[str, Any]], prefill: str = "",
+               stop: Callable[[], bool] | None = None) -> Iterator[tuple[int, Generation | Exception]]:
         """Send the requests ``concurrency`` at a time and yield ``(index, generation)`` as each reply comes,
-        or ``(index, ServerError)`` for a request that failed after every retry; the others go on."""
+        or ``(index, ServerError)`` for a request that failed after every retry; the others go on. Once
+        ``stop()`` is true no new request is sent; those in flight are still awaited and yielded."""
         if not requests:
             return
         with ThreadPoolExecutor(max(1, min(self.concurrency, len(requests)))) as pool:
             futures = {pool.submit(self._one, body, prefill): i for i, body in enumerate(requests)}
             try:
                 for future in as_completed(futures):
+                    if stop is not None and stop():
+                        for pending in futures:
+                            pending.cancel()  # not started yet: never sent
+                    if future.cancelled():
+                        continue
                     try:
                         yield futures[future], future.result()
                     except ServerError as err:

@@ -7,13 +7,20 @@ Layout of ``<run>/checkpoints/step-000040/``:
     <name>.safetensors      each extra network the trainer keeps (a reference model, a value model)
     trainer_state.pt        optimiser, scheduler, RNG states, step, log sizes, trainer state
 
-A checkpoint is written in a temporary folder and renamed into place whole (``trainer_state.pt`` last), so
-a process killed while saving leaves the previous checkpoint as the latest one.
+A checkpoint is written in a temporary folder and renamed into place whole, so a process killed while saving
+leaves the previous checkpoint as the latest one. Its ``manifest.json`` (written last) lists every file with
+its size and SHA-256; a checkpoint whose files do not match it (truncated, corrupted, missing) is reported
+and set aside on resume, and the one before it is used. Free disk space is checked before a save; a disk
+that fills up during one leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +29,12 @@ import torch
 from safetensors.torch import load_file, load_model, save_model
 
 from aha.models import is_peft, save_hf_folder
-from aha.run.layout import ADAPTER_DIR, MODEL_DIR, STATE_FILE, RunLayout
+from aha.run.layout import ADAPTER_DIR, MANIFEST_FILE, MODEL_DIR, STATE_FILE, RunLayout
 from aha.utils.io import atomic_directory, remove_directory
+
+
+class DiskFullError(RuntimeError):
+    """A checkpoint could not be written for want of disk space; the previous one is intact."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -45,21 +56,91 @@ def save_checkpoint(layout: RunLayout, step: int, *, model, tokenizer, optimizer
                     modules: dict[str, torch.nn.Module] | None = None, state: dict[str, Any] | None = None,
                     keep: int = 2) -> Path:
     """Write checkpoint ``step`` (replacing one of the same step) and delete all but the ``keep`` newest
-    (0 keeps every one)."""
+    (0 keeps every one). Raises DiskFullError, the previous checkpoint intact, when the disk cannot hold it."""
     final = layout.checkpoint(step)
-    with atomic_directory(final) as tmp:
-        save_hf_folder(model, tokenizer, tmp / MODEL_DIR)
-        if is_peft(model):
-            model.save_pretrained(tmp / ADAPTER_DIR)
-        for name, module in (modules or {}).items():
-            save_model(module, str(tmp / f"{name}.safetensors"))  # tied weights stored once
-        trainer_state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "rng": rng_state(), **(state or {})}
-        torch.save(trainer_state, tmp / STATE_FILE)
+    check_disk_space(layout, model, modules)
+    try:
+        with atomic_directory(final) as tmp:
+            save_hf_folder(model, tokenizer, tmp / MODEL_DIR)
+            if is_peft(model):
+                model.save_pretrained(tmp / ADAPTER_DIR)
+            for name, module in (modules or {}).items():
+                save_model(module, str(tmp / f"{name}.safetensors"))  # tied weights stored once
+            trainer_state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             "rng": rng_state(), **(state or {})}
+            torch.save(trainer_state, tmp / STATE_FILE)
+            write_manifest(tmp)
+    except (OSError, RuntimeError) as err:
+        if _is_disk_full(err):
+            previous = layout.latest_checkpoint()
+            raise DiskFullError(f"the disk filled up while writing checkpoint {final.name} in {layout.checkpoints}; "
+                                f"nothing of it was kept, the previous checkpoint ({previous or 'none'}) is intact; "
+                                "free some space, then resume") from None
+        raise
     if keep > 0:
         for _, old in layout.checkpoint_dirs()[:-keep]:
             remove_directory(old)
     return final
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    return getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(err)
+
+
+def checkpoint_bytes(model: torch.nn.Module, modules: dict[str, torch.nn.Module] | None = None) -> int:
+    """Roughly what a checkpoint takes: the weights, AdamW's two moments of every trained one, the extra
+    networks."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    trained = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
+    extra = sum(p.numel() * p.element_size() for m in (modules or {}).values() for p in m.parameters())
+    return weights + 2 * trained + extra
+
+
+def check_disk_space(layout: RunLayout, model, modules=None) -> None:
+    """Refuse to start a save the disk cannot hold (the size of the last checkpoint, or an estimate)."""
+    layout.checkpoints.mkdir(parents=True, exist_ok=True)
+    latest = layout.latest_checkpoint()
+    needed = sum(f.stat().st_size for f in latest.rglob("*") if f.is_file()) if latest else \
+        checkpoint_bytes(model, modules)
+    free = shutil.disk_usage(layout.checkpoints).free
+    if free < 1.1 * needed:
+        raise DiskFullError(f"not enough disk space for a checkpoint in {layout.checkpoints}: it needs about "
+                            f"{needed / 2**30:.2f} GiB, {free / 2**30:.2f} GiB are free; the previous checkpoint "
+                            f"({latest or 'none'}) is intact; free some space, then resume")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE}
+    (folder / MANIFEST_FILE).write_text(json.dumps({"files": files}, indent=1) + "\n", encoding="utf-8")
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint cannot be trusted (a file missing, truncated or changed), or None."""
+    manifest = path / MANIFEST_FILE
+    if not manifest.exists():
+        return None if (path / STATE_FILE).exists() else "no manifest.json and no trainer_state.pt"
+    try:
+        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as err:
+        return f"unreadable manifest.json ({err})"
+    for name, expected in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != expected["bytes"]:
+            return f"{name} has {file.stat().st_size} bytes, the manifest says {expected['bytes']}"
+        if _sha256(file) != expected["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
 
 
 def load_checkpoint(path: str | Path, *, model, optimizer, scheduler,

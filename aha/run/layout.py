@@ -26,6 +26,7 @@ _EVAL_SAMPLES = re.compile(r"^eval-step-(\d+)\.jsonl$")
 MODEL_DIR = "model"
 ADAPTER_DIR = "adapter"
 STATE_FILE = "trainer_state.pt"
+MANIFEST_FILE = "manifest.json"
 
 
 class RunDirError(RuntimeError):
@@ -78,12 +79,12 @@ class RunLayout:
         return self.root / "summary.json"
 
     def checkpoint_dirs(self) -> list[tuple[int, Path]]:
-        """Completed checkpoints, oldest first (a checkpoint is complete once its state file is in place,
-        and it is renamed into place whole)."""
+        """Checkpoints, oldest first (one is renamed into place whole, once its manifest is written)."""
         if not self.checkpoints.is_dir():
             return []
         found = [(int(m.group(1)), child) for child in self.checkpoints.iterdir()
-                 if (m := _STEP_DIR.match(child.name)) and (child / STATE_FILE).exists()]
+                 if (m := _STEP_DIR.match(child.name)) and ((child / MANIFEST_FILE).exists()
+                                                            or (child / STATE_FILE).exists())]
         return sorted(found)
 
     def latest_checkpoint(self) -> Path | None:

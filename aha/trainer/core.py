@@ -22,12 +22,14 @@ The loop, for every trainer::
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import resource
 import time
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,8 +38,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from aha.config import save_config
-from aha.run import RunLayout, RunLogs, load_checkpoint, save_checkpoint
+from aha.run import RunLayout, RunLogs, checkpoint_problem, load_checkpoint, save_checkpoint
 from aha.utils.console import make_console
+from aha.utils.io import remove_directory
+from aha.utils.signals import GracefulStop
+
+
+class NonFiniteError(RuntimeError):
+    """Training stopped: too many steps in a row had a non-finite loss or gradient."""
 
 
 @dataclass
@@ -88,6 +96,7 @@ class Policy:
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.skipped = False
 
     @property
     def device(self) -> torch.device:
@@ -100,14 +109,19 @@ class Policy:
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
-    def step(self, max_grad_norm: float) -> float:
+    def step(self, max_grad_norm: float, loss: float | None = None) -> float:
         """Clip the gradient norm (0: no clipping), take an optimiser and a scheduler step; returns the
-        norm before clipping."""
+        norm before clipping. A non-finite loss or gradient skips the update (gradients dropped, weights,
+        optimiser and schedule untouched) and sets ``skipped``."""
         grads = [p for p in self.params if p.grad is not None]
         norm = 0.0
         if grads:
             limit = max_grad_norm if max_grad_norm > 0 else float("inf")
             norm = float(torch.nn.utils.clip_grad_norm_(grads, limit))
+        self.skipped = not math.isfinite(norm) or (loss is not None and not math.isfinite(loss))
+        if self.skipped:
+            self.zero_grad()
+            return norm
         self.optimizer.step()
         self.scheduler.step()
         return norm
@@ -192,7 +206,8 @@ class Trainer:
             self.run_evaluation(0, "before")
         step = start
         self.console.log(f"run directory: {self.layout.root}  (steps {start}..{c.max_steps})")
-        with self._progress() as progress:
+        stopped = None
+        with GracefulStop(self.console, "this step") as stop, self._progress() as progress:
             bar = progress.add_task(self.progress_label, total=c.max_steps, completed=start, status="")
             while step < c.max_steps:
                 t0 = time.perf_counter()
@@ -204,6 +219,10 @@ class Trainer:
                 self.logs.samples.append(*({"step": step, **s} for s in result.samples))
                 self.console.log(self.describe_step(step, result.metrics))
                 progress.update(bar, advance=1, status=self.progress_status(result.metrics))
+                self.check_numerics(step, result.metrics)
+                if stop.requested:
+                    stopped = stop.signal_name
+                    break
                 out_of_time = bool(c.max_train_minutes) and self.train_seconds > 60 * c.max_train_minutes
                 if step == c.max_steps or out_of_time:
                     if out_of_time:
@@ -213,9 +232,29 @@ class Trainer:
                     self.run_evaluation(step, f"step {step}")
                 if c.save_steps and step % c.save_steps == 0:
                     self.save(step)
+        if stopped:
+            path = self.save(step)
+            self.console.log(f"stopped by {stopped} after step {step}; checkpoint {path}. Resume with: "
+                             f"aha {c.command} {self.layout.config} resume=true")
+            return self.summarise(step, stopped=stopped)
         self.run_evaluation(step, "after")
         self.save(step, finished=True)
         return self.summarise(step)
+
+    def check_numerics(self, step: int, metrics: dict[str, Any]) -> None:
+        """Count steps skipped for a non-finite loss or gradient; too many in a row stop the run (the weights
+        were never updated with them, so the last checkpoint is good)."""
+        if not metrics.get("nonfinite_skipped"):
+            self.bad_steps = 0
+            return
+        self.bad_steps = getattr(self, "bad_steps", 0) + 1
+        self.console.log(f"step {step}: non-finite loss or gradient; the update was skipped "
+                         f"({self.bad_steps} in a row; examples {metrics.get('nonfinite_examples', [])[:8]})")
+        if self.bad_steps >= self.config.max_nonfinite_steps:
+            last = self.layout.latest_checkpoint()
+            raise NonFiniteError(f"{self.bad_steps} steps in a row had a non-finite loss or gradient (the last: step "
+                                 f"{step}); stopped. The last good checkpoint is {last or 'none (no checkpoint yet)'}; "
+                                 "lower the learning rate or check the rewards and data, then resume from it")
 
     def run_evaluation(self, step: int, label: str) -> dict[str, Any] | None:
         result = self.evaluate(step)
@@ -238,7 +277,7 @@ class Trainer:
     def restore(self) -> tuple[int, bool]:
         """Load the latest checkpoint and cut the logs back to it: (its step, whether the run had finished).
         Without a checkpoint the run starts again from step 0 in a clean directory."""
-        path = self.layout.latest_checkpoint()
+        path = self.trusted_checkpoint()
         if path is None:
             self.console.log(f"resume: no checkpoint in {self.layout.root}; starting again from step 0")
             return 0, False
@@ -252,8 +291,22 @@ class Trainer:
         self.console.log(f"resumed from {path} at step {state['step']}")
         return state["step"], bool(state.get("finished")) and state["step"] >= self.config.max_steps
 
+    def trusted_checkpoint(self) -> Path | None:
+        """The newest checkpoint whose files match its manifest; a damaged one is reported and renamed
+        ``step-N.damaged`` (kept for inspection, never loaded)."""
+        for _, path in reversed(self.layout.checkpoint_dirs()):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                return path
+            damaged = path.with_name(path.name + ".damaged")
+            remove_directory(damaged)
+            path.rename(damaged)
+            self.console.log(f"checkpoint {path} is damaged ({problem}); set aside as {damaged.name}, trying the one "
+                             "before it")
+        return None
+
     # --- output ------------------------------------------------------------------------------------
-    def summarise(self, step: int) -> dict[str, Any]:
+    def summarise(self, step: int, stopped: str | None = None) -> dict[str, Any]:
         """summary.json: steps, time, peak memory, and the first and last held-out evaluations."""
         evals = self.logs.evals.read()
         before = next((e for e in evals if e.get("label") == "before"), None)
@@ -261,6 +314,8 @@ class Trainer:
         peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
         summary = {"run_dir": str(self.layout.root), "steps": step, "train_seconds": self.train_seconds,
                    "peak_rss_gb": round(peak_rss_gb, 2), "before": _strip(before), "after": _strip(after)}
+        if stopped:
+            summary["stopped"] = stopped
         self.logs.write_summary(summary)
         return summary
 

@@ -125,6 +125,8 @@ class GRPOTrainer(Trainer):
             "time/generated_tokens_per_s": sum(lengths) / max(t_generated - t0, 1e-9),
             "time/train_tokens_per_s": float(batch.attention_mask.sum()) / max(t_done - t_scored, 1e-9),
         }
+        if train_stats["nonfinite_skipped"]:  # which training examples the skipped update came from
+            metrics["nonfinite_examples"] = [step * c.prompts_per_step + i for i in range(c.prompts_per_step)]
         samples = [{"question": columns["question"][i], "completion": completions[i], "reward": total[i],
                     **{f"reward/{k}": v[i] for k, v in per_reward.items()},
                     "advantage": float(advantages[i]), "finish_reason": generations[i].finish_reason}
@@ -162,6 +164,7 @@ class GRPOTrainer(Trainer):
         if c.num_iterations > 1 or c.beta > 0 or (c.engine_ratio_cap > 0 and batch.engine_logprobs is not None):
             self._fill_reference_logprobs(micro)
         stats: dict[str, float] = {"trained_sequences": float(sum(mb.size for mb in micro))}
+        skipped = False
         for _ in range(c.num_iterations):
             self.policy.zero_grad()
             sums: dict[str, float] = {}
@@ -181,9 +184,11 @@ class GRPOTrainer(Trainer):
                 share = float(mb.completion_mask.sum()) / max(trained_tokens, 1)  # token-weighted stats
                 for k, v in mb_stats.items():
                     sums[k] = sums.get(k, 0.0) + (v if k == "loss" else v * share)
-            grad_norm = self.policy.step(c.max_grad_norm)
+            grad_norm = self.policy.step(c.max_grad_norm, loss=sums.get("loss"))
+            skipped = skipped or self.policy.skipped
             self.backend.sync_weights()
             stats.update(sums, grad_norm=grad_norm, entropy=entropy_sum / max(trained_tokens, 1))
+        stats["nonfinite_skipped"] = int(skipped)
         return stats
 
     def _micro_batch_rows(self, batch: TrainBatch) -> list[torch.Tensor]:
@@ -254,8 +259,8 @@ class GRPOTrainer(Trainer):
     def progress_status(self, metrics: dict[str, Any]) -> str:
         return f"reward {metrics['reward']:.3f}"
 
-    def summarise(self, step: int) -> dict[str, Any]:
-        summary = super().summarise(step)
+    def summarise(self, step: int, stopped: str | None = None) -> dict[str, Any]:
+        summary = super().summarise(step, stopped)
         before, after = summary["before"], summary["after"]
         if before and after:
             self.console.log(

@@ -230,7 +230,7 @@ class SFTTrainer(Trainer):
             loss.backward()
             sums["loss"] += float(loss.detach())
             sums["nll"] += float(nll.detach())
-        grad_norm = self.policy.step(c.max_grad_norm)
+        grad_norm = self.policy.step(c.max_grad_norm, loss=sums["loss"])
         elapsed = time.perf_counter() - t0
         tokens = sum(len(e) for e in examples)
         metrics = {"loss": sums["loss"], "trained_tokens": total, "tokens": tokens, "examples": len(examples),
@@ -238,6 +238,9 @@ class SFTTrainer(Trainer):
                    "time/step": elapsed, "time/tokens_per_s": tokens / max(elapsed, 1e-9)}
         if self.teacher is not None:
             metrics.update(nll=sums["nll"], kl=sums["kl"])
+        metrics["nonfinite_skipped"] = int(self.policy.skipped)
+        if self.policy.skipped:
+            metrics["nonfinite_examples"] = [e.where for e in examples]
         return StepResult(metrics)
 
     # --- the run core's hooks ----------------------------------------------------------------------
@@ -269,8 +272,8 @@ class SFTTrainer(Trainer):
     def progress_status(self, metrics: dict[str, Any]) -> str:
         return f"loss {metrics['loss']:.4f}"
 
-    def summarise(self, step: int) -> dict[str, Any]:
-        summary = super().summarise(step)
+    def summarise(self, step: int, stopped: str | None = None) -> dict[str, Any]:
+        summary = super().summarise(step, stopped)
         summary["data"] = self.data_report
         metrics = self.logs.metrics.read()
         if metrics:

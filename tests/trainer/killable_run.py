@@ -11,6 +11,7 @@ MOMENT is where the process dies, at the N-th time it gets there (counted in thi
     evaluation   inside a held-out evaluation
     rotation     while an old checkpoint is being deleted (renamed away, not yet removed)
     never        not at all (the run finishes)
+    term, term2  not killed: sent SIGTERM (term2: twice) inside the N-th rollout, so the stop comes mid-step
 Nothing here is in the package: the moments are reached by wrapping the package's own functions.
 """
 
@@ -20,6 +21,11 @@ import os
 import signal
 import sys
 from pathlib import Path
+
+
+def terminate(times: int) -> None:
+    for _ in range(times):
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def die() -> None:
@@ -47,7 +53,16 @@ def main() -> int:
     import aha.trainer.grpo as grpo
     import aha.utils.io as io
 
-    if moment == "generation":
+    if moment in ("term", "term2"):
+        original_generate = hf.HFBackend._generate_batch
+
+        def generate_then_signal(self, *args, **kwargs):
+            if reached():
+                terminate(2 if moment == "term2" else 1)
+            return original_generate(self, *args, **kwargs)
+
+        hf.HFBackend._generate_batch = generate_then_signal
+    elif moment == "generation":
         original = hf.HFBackend._generate_batch
 
         def generate(self, *args, **kwargs):

@@ -4,46 +4,16 @@ killed (SIGKILL) at any moment and resumed gives bit-identical weights and logs 
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from aha.config import GRPOConfig, load_config
 from aha.trainer.grpo import GRPOTrainer
-from tests.trainer.helpers import tiny_overrides, tiny_task
-
-REPO = Path(__file__).resolve().parents[2]
-KILLABLE = Path(__file__).with_name("killable_run.py")
-
-
-def untimed(record: dict) -> dict:
-    return {k: v for k, v in record.items() if not k.startswith("time/")}
-
-
-def run_files(run: Path) -> dict[str, object]:
-    """Everything a run leaves that must match bit for bit (wall-clock timings left out)."""
-    metrics = [untimed(json.loads(line)) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    final = sorted((run / "checkpoints").glob("step-*"))[-1]
-    files = {"metrics": metrics, "samples": (run / "samples.jsonl").read_bytes(),
-             "eval": (run / "eval.jsonl").read_bytes(), "final_checkpoint": final.name}
-    for path in sorted(run.glob("eval-step-*.jsonl")):
-        files[path.name] = path.read_bytes()
-    summary = json.loads((run / "summary.json").read_text())
-    files["summary"] = {k: summary[k] for k in ("steps", "before", "after")}
-    return files
-
-
-def weights(run: Path) -> dict[str, torch.Tensor]:
-    final = sorted((run / "checkpoints").glob("step-*"))[-1]
-    return load_file(final / "model" / "model.safetensors")
+from tests.trainer.helpers import launch, run_files, tiny_overrides, tiny_task, weights, write_task
 
 
 def test_two_runs_with_the_same_seed_are_bit_identical(tmp_path):
@@ -62,26 +32,6 @@ def test_two_runs_with_the_same_seed_are_bit_identical(tmp_path):
     other = GRPOTrainer.from_config(changed, task=tiny_task())
     other.fit()
     assert run_files(other.layout.root)["metrics"] != files_a["metrics"]  # the seed matters
-
-
-def write_task(path: Path) -> Path:
-    rows = [{"question": f"{i} + {i} =", "answer": str(2 * i)} for i in range(20)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def settings(run: Path, task: Path) -> list[str]:
-    return [f"output_dir={run}", "model=tiny:llama", f"task={task}", "eval_size=4", "prompt_template=plain",
-            "prefill=", "prompts_per_step=4", "group_size=4", "max_completion_length=12", "temperature=1.0",
-            "rewards={digit_share: 1.0}", "learning_rate=3e-3", "micro_batch_size=6", "max_steps=8",
-            "save_steps=2", "keep_checkpoints=2", "eval_steps=3", "max_train_minutes=0", "beta=0.05",
-            "ref_sync_steps=4", "num_iterations=2", "loss_type=dapo", "lr_scheduler=linear", "warmup_steps=2"]
-
-
-def launch(moment: str, run: Path, task: Path, resume: bool) -> subprocess.Popen:
-    args = [sys.executable, str(KILLABLE), moment, *settings(run, task)] + (["resume=true"] if resume else [])
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 # Each process resumes the last one's run and dies at its moment (counted within the process); the comments
