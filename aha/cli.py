@@ -32,9 +32,9 @@ def _run_recipe(args: argparse.Namespace) -> int:
     recipe, overrides = _split_recipe(args.settings)
     config = load_config(args.config_class, recipe, overrides)
     if args.command == "train":
-        from aha.trainer.grpo import GRPOTrainer
+        from aha.trainer import rl_trainer
 
-        GRPOTrainer.from_config(config).fit()
+        rl_trainer(config).fit()
     elif args.command == "sft":
         from aha.trainer.sft import SFTTrainer
 
@@ -186,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.set_defaults(func=_plot)
     _add_eval(sub)
     _add_traces(sub)
+    _add_compare(sub)
     _add_data(sub)
     return parser
 
@@ -296,6 +297,40 @@ def _add_eval(sub) -> None:
     ev.add_argument("--config", metavar="FILE.yaml", help="a YAML file of the fields below; flags override it")
     add_config_flags(ev, EvalConfig, skip=("model",))
     ev.set_defaults(func=_eval)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from aha.pipeline.compare import compare
+    from aha.utils.console import make_console
+
+    recipe, overrides = _split_recipe(args.settings)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    compare(recipe, overrides, variants, args.budget_minutes, args.budget_completions, Path(args.output_dir),
+            make_console())
+    return 0
+
+
+def _add_compare(sub) -> None:
+    from aha.pipeline.compare import VARIANTS
+
+    cmp = sub.add_parser(
+        "compare", help="one recipe, several algorithm variants, equal budgets, side by side",
+        description="Train the same recipe with each variant (each in its own process and run directory, all under "
+                    "the same budget) and report held-out accuracy, time, memory, trainable parameters and sampled "
+                    "completions side by side, with a plot. Finished variants are read back, not redone.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="variants: " + "; ".join(f"{k} ({' '.join(f'{a}={b}' for a, b in v.items()) or 'the recipe'})"
+                                        for k, v in VARIANTS.items())
+               + "\n\nexample:\n  aha compare --variants grpo,dapo,ppo --budget-minutes 15 --output-dir runs/compare")
+    cmp.add_argument("settings", nargs="*", metavar="RECIPE.yaml | key=value", help="the recipe, then overrides")
+    cmp.add_argument("--variants", default="grpo,dr_grpo,dapo,ppo", help="comma-separated (default: %(default)s)")
+    cmp.add_argument("--budget-minutes", type=float, default=15.0, help="training minutes each (default 15)")
+    cmp.add_argument("--budget-completions", type=int, default=0,
+                     help="sampled completions each (0: no limit; default 0)")
+    cmp.add_argument("--output-dir", default="runs/compare", help="where the runs and the comparison go")
+    cmp.set_defaults(func=_compare)
 
 
 def _add_traces(sub) -> None:

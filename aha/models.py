@@ -199,6 +199,9 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
 def load_model(name: str, *, dtype: str = "auto", device: str = "auto", seed: int = 0,
                tokenizer: PreTrainedTokenizerBase | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (model, tokenizer) by name (see the module docstring), on ``device`` in ``dtype``."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # our own console reports progress
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     tokenizer = tokenizer or load_tokenizer(name)

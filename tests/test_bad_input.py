@@ -34,7 +34,7 @@ def write(tmp_path, name: str, content) -> str:
 CASES = [
     # recipes and key=value overrides
     ("recipe unknown field", {"r.yaml": "group_size: 4\n\nlearning_rat: 1e-5\n"}, ["train", "{r.yaml}"],
-     "r.yaml:3: unknown field 'learning_rat' for GRPOConfig; did you mean learning_rate?"),
+     "r.yaml:3: unknown field 'learning_rat' for GRPOConfig; did you mean learning_rate"),
     ("recipe wrong type", {"r.yaml": "max_steps: 10\ngroup_size: eight\n"}, ["train", "{r.yaml}"],
      "r.yaml:2: group_size: expected int, got 'eight'"),
     ("recipe invalid yaml", {"r.yaml": "a: [1, 2\nb: 3\n"}, ["train", "{r.yaml}"], "r.yaml:2: invalid YAML"),

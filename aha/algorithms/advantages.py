@@ -31,6 +31,7 @@ class AdvantageInputs:
     group_size: int
     completion_mask: torch.Tensor | None = None  # [N, T], 1 on completion tokens
     token_rewards: torch.Tensor | None = None  # [N, T], per-token (process) rewards where a task gives them
+    token_reward_mask: torch.Tensor | None = None  # [N, T], 1 where token_rewards holds a reward (a step's end)
     values: torch.Tensor | None = None  # [N, T], a critic's value estimates where there is a critic
 
 
@@ -91,8 +92,71 @@ def leave_one_out(inputs: AdvantageInputs, eps: float) -> torch.Tensor:
     return (grouped - others_mean).view(-1)
 
 
+@ADVANTAGE_ESTIMATORS.register("reinforce_pp")
+def global_normalised(inputs: AdvantageInputs, eps: float) -> torch.Tensor:
+    """REINFORCE++ (Hu et al., 2025, arXiv:2501.03262, §3): no critic and no group baseline; every token of
+    completion i gets its return r_i, normalised by the mean and std over all tokens of the global batch:
+    A_it = (r_i - mean_tokens(r)) / (std_tokens(r) + eps). Without a completion mask, over completions."""
+    rewards = inputs.rewards
+    if inputs.completion_mask is None:
+        return (rewards - rewards.mean()) / (_std(rewards) + eps)
+    mask = inputs.completion_mask.to(rewards.dtype)  # [N, T]
+    per_token = rewards[:, None].expand_as(mask)  # [N, T]
+    count = mask.sum().clamp(min=1)
+    mean = (per_token * mask).sum() / count
+    var = (((per_token - mean) ** 2) * mask).sum() / (count - 1).clamp(min=1)
+    return (per_token - mean) / (var.sqrt() + eps) * mask
+
+
+@ADVANTAGE_ESTIMATORS.register("process")
+def process_supervised(inputs: AdvantageInputs, eps: float) -> torch.Tensor:
+    """GRPO with process supervision (Shao et al., 2024, DeepSeekMath, §4.1.3): each step's reward is
+    normalised by the mean and std of all step rewards of its group, and a token's advantage is the sum of the
+    normalised rewards of the steps that end at or after it. ``token_rewards`` holds each step's reward at the
+    step's last token, ``token_reward_mask`` marks those tokens."""
+    if inputs.token_rewards is None or inputs.token_reward_mask is None:
+        raise ValueError("the process estimator needs step rewards (token_rewards and token_reward_mask) from the task")
+    g = inputs.group_size
+    rewards, ends = inputs.token_rewards.float(), inputs.token_reward_mask.float()  # [N, T]
+    n, t = rewards.shape
+    grouped_r, grouped_m = rewards.view(-1, g * t), ends.view(-1, g * t)  # [groups, G*T]
+    count = grouped_m.sum(dim=1, keepdim=True)
+    mean = (grouped_r * grouped_m).sum(dim=1, keepdim=True) / count.clamp(min=1)
+    var = (((grouped_r - mean) ** 2) * grouped_m).sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)
+    normalised = ((grouped_r - mean) / (var.sqrt() + eps) * grouped_m).view(n, t)  # zero off the step ends
+    return normalised.flip(1).cumsum(1).flip(1)  # sum over the steps ending at or after each token
+
+
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+                lam: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al., 2016, arXiv:1506.02438) over completion tokens:
+
+        delta_t = r_t + gamma * V_{t+1} - V_t          (V past the last token is 0)
+        A_t     = delta_t + gamma * lam * A_{t+1}      returns_t = A_t + V_t
+
+    rewards, values, mask: ``[batch, tokens]``, the mask 1 on a completion's tokens (a prefix of each row);
+    returns ``(advantages, returns)``, zero where the mask is zero. With gamma = lam = 1 (Open-Reasoner-Zero's
+    choice) A_t is the sum of the rewards from t on, minus V_t.
+
+    Worked example, one completion of 3 tokens, the outcome 1.0 on its last token, V = [0.5, 0.6, 0.8],
+    gamma = lam = 1: deltas [0.1, 0.2, 0.2] -> A = [0.5, 0.4, 0.2], returns [1, 1, 1].
+    """
+    mask = mask.to(values.dtype)
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(values)
+    next_value = torch.zeros_like(values[:, 0])
+    running = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        advantages[:, t] = running
+        next_value = values[:, t]
+    return advantages, (advantages + values) * mask
+
+
 def compute_advantages(rewards: torch.Tensor, group_size: int, estimator: str = "group", eps: float = 1e-4, *,
                        completion_mask: torch.Tensor | None = None, token_rewards: torch.Tensor | None = None,
+                       token_reward_mask: torch.Tensor | None = None,
                        values: torch.Tensor | None = None) -> torch.Tensor:
     """Advantages for rewards laid out group after group: ``[N]``, or ``[N, T]`` for a per-token estimator.
 
@@ -104,7 +168,7 @@ def compute_advantages(rewards: torch.Tensor, group_size: int, estimator: str = 
     if not torch.isfinite(rewards).all():
         raise ValueError("rewards contain NaN or inf; drop or fill unscorable samples before computing advantages")
     _grouped(rewards, group_size)
-    inputs = AdvantageInputs(rewards.float(), group_size, completion_mask, token_rewards, values)
+    inputs = AdvantageInputs(rewards.float(), group_size, completion_mask, token_rewards, token_reward_mask, values)
     advantages = estimate(inputs, eps)
     if advantages.dim() == 2 and completion_mask is not None:
         advantages = advantages * completion_mask.to(advantages.dtype)

@@ -149,3 +149,24 @@ def policy_loss(
         if engine_weight is not None:
             stats["engine_ratio"] = float((engine_weight * mask).sum() / mask.sum().clamp(min=1))
     return loss, stats
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip: float = 0.2) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO's clipped value loss (Schulman et al. 2017; as in OpenAI's baselines and Open-Reasoner-Zero): the
+    critic may move at most ``clip`` from the values it had when the rollouts were scored,
+
+        L = 0.5 * mean_t max((V_t - R_t)^2, (V_old_t + clip(V_t - V_old_t, -clip, clip) - R_t)^2)
+
+    over masked tokens. values, old_values, returns, mask: ``[batch, tokens]``."""
+    mask = mask.to(values.dtype)
+    clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    per_token = 0.5 * torch.max((values - returns) ** 2, (clipped - returns) ** 2)
+    count = mask.sum().clamp(min=1)
+    loss = (per_token * mask).sum() / count
+    with torch.no_grad():
+        clip_frac = (((values - old_values).abs() > clip).to(mask.dtype) * mask).sum() / count
+        explained = 1 - (((returns - values) ** 2) * mask).sum() / (((returns - (returns * mask).sum() / count) ** 2)
+                                                                    * mask).sum().clamp(min=1e-8)
+    return loss, {"value_loss": float(loss.detach()), "value_clip_ratio": float(clip_frac),
+                  "explained_variance": float(explained)}

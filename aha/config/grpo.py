@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from aha.config.sections import (CheckpointSection, DataSection, HeldoutDataSection, ModelSection, OptimSection,
                                  PromptSection, RunSection, SamplingSection, TaskSection, TeacherSection, TuningSection)
@@ -29,6 +29,16 @@ class GRPOConfig(TeacherSection, CheckpointSection, RunSection, OptimSection, Sa
     share_prompt_prefix: bool = True
     """Compute each prompt once per group (shared KV cache) in generation and training; same numbers,
     less compute. Off when gradient checkpointing is on."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling: drop groups whose rewards are all equal (no learning signal) and sample more
+    prompts until the step has prompts_per_step groups with reward spread."""
+    dynamic_sampling_rounds: int = 3
+    """With dynamic_sampling: at most this many extra rounds of prompts_per_step prompts per step."""
+    mask_truncated: bool = False
+    """DAPO's overlong filtering: completions cut at max_completion_length carry no loss."""
+    max_completions: int = 0
+    """Stop once this many completions have been sampled (a generation budget, e.g. to compare variants that
+    sample different amounts per step; 0: no limit)."""
 
     # --- rewards and objective ---------------------------------------------------------------------
     rewards: dict[str, Any] = dataclasses.field(default_factory=lambda: {
@@ -42,9 +52,13 @@ class GRPOConfig(TeacherSection, CheckpointSection, RunSection, OptimSection, Sa
     loss_type: str = "grpo"
     """grpo (per-sequence mean), dapo (token-level), dr_grpo (constant normaliser) or gspo (sequence-level
     ratio)."""
+    algorithm: Literal["grpo", "ppo"] = "grpo"
+    """grpo: group-relative advantages, no value model. ppo: a learned value model (critic) and GAE advantages
+    over tokens, the verifiable outcome as the last token's reward (the paper's point of comparison)."""
     advantage_estimator: str = "group"
-    """group (GRPO: group mean and std), none (Dr. GRPO: group mean only), batch (group mean, batch std) or
-    rloo (leave-one-out mean)."""
+    """group (GRPO: group mean and std), none (Dr. GRPO: group mean only), batch (group mean, batch std), rloo
+    (leave-one-out mean), reinforce_pp (REINFORCE++: batch-normalised over tokens) or process (DeepSeekMath's
+    process supervision, for tasks that give step rewards). Ignored by ppo."""
     eps_low: float = 0.2
     """Lower clip range of the importance ratio."""
     eps_high: float = 0.2
@@ -62,6 +76,19 @@ class GRPOConfig(TeacherSection, CheckpointSection, RunSection, OptimSection, Sa
     teacher_weight: float = 1.0
     """With a teacher: the weight of its per-token term in the advantage."""
 
+    # --- ppo ---------------------------------------------------------------------------------------
+    value_learning_rate: float = 1e-5
+    """ppo: the critic's AdamW learning rate."""
+    value_clip: float = 0.2
+    """ppo: how far the critic's value may move from the value it gave when the rollout was scored."""
+    gae_gamma: float = 1.0
+    """ppo: discount of GAE (1: Open-Reasoner-Zero's choice for outcome rewards)."""
+    gae_lambda: float = 1.0
+    """ppo: GAE's lambda (1: Monte-Carlo returns minus the value; 0: one-step TD)."""
+    kl_in_reward: bool = False
+    """ppo with beta > 0: subtract beta * KL(policy || reference) from each token's reward (InstructGPT's
+    penalty) instead of adding the k3 term to the loss."""
+
     # --- logging -----------------------------------------------------------------------------------
     log_completions: int = 8
     """Completions per step written to samples.jsonl."""
@@ -74,6 +101,12 @@ class GRPOConfig(TeacherSection, CheckpointSection, RunSection, OptimSection, Sa
                 raise self.error(name, f"unknown {registry.kind} {getattr(self, name)!r}; valid: "
                                        f"{', '.join(registry.names())}")
         self.require_positive("prompts_per_step", "group_size", "num_iterations", "max_prompt_length")
+        self.require_non_negative("dynamic_sampling_rounds", "value_clip", "max_completions")
+        self.require(self.value_learning_rate > 0, "value_learning_rate", "must be > 0")
+        for name in ("gae_gamma", "gae_lambda"):
+            self.require(0 <= getattr(self, name) <= 1, name, f"must be in [0, 1], got {getattr(self, name)}")
+        self.require(not (self.dynamic_sampling and self.algorithm == "ppo" and self.group_size < 2),
+                     "dynamic_sampling", "needs groups (group_size >= 2) to find reward spread in")
         self.require_non_negative("ref_sync_steps", "log_completions", "engine_ratio_cap")
         for name in ("beta", "eps_low", "eps_high"):
             self.require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")

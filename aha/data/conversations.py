@@ -29,7 +29,6 @@ from aha.data.prompts import PromptBuilder
 from aha.data.readers import DataError, RawRow
 
 ROLES = ("system", "user", "assistant")
-TRACE_FORMATS = ("as_is", "think", "r1")
 TraceFormat = Literal["as_is", "think", "r1"]
 _THINK = re.compile(r"^\s*<think>(.*?)</think>\s*(.*)$", re.DOTALL)
 

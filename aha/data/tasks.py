@@ -29,6 +29,8 @@ class Task(ABC):
     reward: str = "accuracy"
     """The registered reward that grades an answer to this task (held-out evaluation)."""
     reward_options: tuple[tuple[str, Any], ...] = ()
+    skipped: tuple[str, ...] | list[str] = ()
+    """``file:line: problem`` of each dataset row skipped with on_error=skip."""
 
     @abstractmethod
     def example(self, index: int) -> dict[str, Any]:
@@ -37,6 +39,15 @@ class Task(ABC):
     @abstractmethod
     def eval_examples(self) -> list[dict[str, Any]]:
         """The fixed held-out set."""
+
+    def step_rewards(self, examples: list[dict[str, Any]], generations: list) -> list[list[tuple[int, float]]]:
+        """Process supervision: for each completion, ``(last token index, reward)`` of each of its reasoning
+        steps. A task that can judge steps overrides this (see ``has_step_rewards``)."""
+        raise NotImplementedError(f"task {self.name!r} gives no step rewards")
+
+    @property
+    def has_step_rewards(self) -> bool:
+        return type(self).step_rewards is not Task.step_rewards
 
     def batch(self, step: int, size: int) -> list[dict[str, Any]]:
         """The ``size`` prompts of training step ``step``."""
@@ -127,12 +138,14 @@ class RecordsTask(Task):
 
 
 def make_task(name: str, options: dict[str, Any] | None = None, eval_size: int = 100, seed: int = 0,
-              field_map: dict[str, str] | None = None, eval_dataset: str | None = None) -> Task:
+              field_map: dict[str, str] | None = None, eval_dataset: str | None = None,
+              on_error: str = "raise") -> Task:
     """A built-in task by name, or a dataset of question/answer records (a file, a folder of files or a hub
     name; ``field_map`` renames its fields, ``eval_dataset`` gives a separate held-out set).
 
     Raises ``ValueError`` for an unknown task or bad options and ``DataError`` (``file:line: ...``) for a
-    dataset that cannot be used; every row is checked before any is used."""
+    dataset that cannot be used; every row is checked before any is used (``on_error="skip"``: a bad row is
+    skipped and counted in ``Task.skipped``)."""
     options = dict(options or {})
     if name in TASKS:
         if field_map or eval_dataset:
@@ -144,14 +157,18 @@ def make_task(name: str, options: dict[str, Any] | None = None, eval_size: int =
                          "(.jsonl, .json, .csv, .parquet file, folder or hub name)")
     if options:
         raise ValueError(f"task_options apply to built-in tasks; {name} is a dataset")
-    records = load_records(name, field_map, split="train").records
+    loaded = load_records(name, field_map, split="train", on_error=on_error)
+    records, skipped = loaded.records, list(loaded.skipped)
     if eval_dataset:
-        heldout = load_records(eval_dataset, field_map).records
+        held = load_records(eval_dataset, field_map, on_error=on_error)
+        heldout, skipped = held.records, skipped + held.skipped
     else:
         if eval_size >= len(records):
             raise DataError(f"{name}: eval_size={eval_size} leaves no training rows out of {len(records)}")
         records, heldout = records[: len(records) - eval_size], records[len(records) - eval_size :]
-    return RecordsTask(records, heldout[:eval_size] if eval_size else [], seed, name)
+    task = RecordsTask(records, heldout[:eval_size] if eval_size else [], seed, name)
+    task.skipped = skipped
+    return task
 
 
 def looks_like_dataset(name: str) -> bool:

@@ -155,7 +155,7 @@ def distill(config: DistillConfig, console: Console) -> dict[str, Any]:
         name = slug(student)
         run_dir = root / "students" / name
         before = evaluate_model(config, student, examples, root / "eval" / f"{name}-before.jsonl", console)
-        if train(config, student_config(config, student, kept_path, run_dir), console).get("stopped"):
+        if train(config, student_config(config, student, kept_path, run_dir), console, kept_path).get("stopped"):
             return {"stopped": True}
         after = evaluate_model(config, str(run_dir), examples, root / "eval" / f"{name}-after.jsonl", console)
         rows.append(retention_row(student, teacher, before, after, run_dir))
@@ -168,18 +168,36 @@ def distill(config: DistillConfig, console: Console) -> dict[str, Any]:
     return summary
 
 
-def train(config: DistillConfig, student: SFTConfig | GRPOConfig, console: Console) -> dict[str, Any]:
-    from aha.trainer.grpo import GRPOTrainer
+def file_sha(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def train(config: DistillConfig, student: SFTConfig | GRPOConfig, console: Console, data: Path) -> dict[str, Any]:
+    """Train one student, resuming its run; a run made from other kept traces is started afresh."""
+    from aha.trainer import rl_trainer
     from aha.trainer.sft import SFTTrainer
 
     layout = RunLayout(student.output_dir)
+    source = layout.root / "distill-source.json"
+    made_from = {"kept_sha256": file_sha(data), "method": config.method}
+    stored = json.loads(source.read_text(encoding="utf-8")) if source.exists() else None
+    if layout.holds_run() and stored != made_from:
+        console.log(f"{layout.root}: trained on other (or unknown) traces; training again")
+        layout.clear()
+    layout.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(source, made_from)
     if layout.summary.exists() and layout.latest_checkpoint() is not None:
         summary = json.loads(layout.summary.read_text(encoding="utf-8"))
         if not summary.get("stopped"):
             console.log(f"{student.model}: trained already ({layout.root})")
             return summary
-    trainer_cls = GRPOTrainer if isinstance(student, GRPOConfig) else SFTTrainer
-    return trainer_cls.from_config(student, console=console).fit()
+    if isinstance(student, GRPOConfig):
+        return rl_trainer(student, console=console).fit()
+    return SFTTrainer.from_config(student, console=console).fit()
 
 
 def retention_row(student: str, teacher: dict, before: dict, after: dict, run_dir: Path) -> dict[str, Any]:

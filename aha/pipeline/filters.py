@@ -11,7 +11,7 @@ from typing import Callable
 
 from aha.config.generate import FilterSection
 from aha.rewards.format import follows_format
-from aha.rewards.language import chain_of_thought, language_share
+from aha.rewards.language import chain_of_thought, language_share, words
 from aha.rewards.length import repetition_penalty
 
 _R1_PATTERN = "{d}(.+?){d}(.+)"
@@ -32,9 +32,12 @@ def structure_problem(text: str, required: str, delimiter: str = "|special_token
 
 
 def language_problem(text: str, language: str | None, min_share: float) -> str | None:
-    if language is None:
+    """Too few of the reasoning's words in ``language``'s script; a trace without words (only numbers and
+    symbols) mixes nothing."""
+    thought = chain_of_thought(text)
+    if language is None or not words(thought):
         return None
-    share = language_share(chain_of_thought(text), language)
+    share = language_share(thought, language)
     return None if share >= min_share else f"{100 * share:.0f}% of the words in {language}"
 
 

@@ -188,6 +188,14 @@ class Trainer:
     def describe_step(self, step: int, metrics: dict[str, Any]) -> str:
         return f"step {step}/{self.config.max_steps}"
 
+    def trainable_parameters(self) -> int:
+        """Weights the optimisers update (the policy's, and any other network's that trains)."""
+        return sum(p.numel() for p in self.policy.params)
+
+    def budget_spent(self) -> str | None:
+        """Why training should stop before max_steps (a trainer's own budget), or None."""
+        return None
+
     def progress_status(self, metrics: dict[str, Any]) -> str:
         return ""
 
@@ -224,9 +232,12 @@ class Trainer:
                     stopped = stop.signal_name
                     break
                 out_of_time = bool(c.max_train_minutes) and self.train_seconds > 60 * c.max_train_minutes
-                if step == c.max_steps or out_of_time:
+                spent = self.budget_spent()
+                if step == c.max_steps or out_of_time or spent:
                     if out_of_time:
                         self.console.log(f"max_train_minutes={c.max_train_minutes} reached after step {step}")
+                    if spent:
+                        self.console.log(f"{spent} after step {step}")
                     break
                 if c.eval_steps and step % c.eval_steps == 0:
                     self.run_evaluation(step, f"step {step}")
@@ -313,7 +324,8 @@ class Trainer:
         after = next((e for e in reversed(evals) if e.get("label") == "after"), None)
         peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
         summary = {"run_dir": str(self.layout.root), "steps": step, "train_seconds": self.train_seconds,
-                   "peak_rss_gb": round(peak_rss_gb, 2), "before": _strip(before), "after": _strip(after)}
+                   "peak_rss_gb": round(peak_rss_gb, 2), "trainable_parameters": self.trainable_parameters(),
+                   "before": _strip(before), "after": _strip(after)}
         if stopped:
             summary["stopped"] = stopped
         self.logs.write_summary(summary)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ from aha.eval.grading import grade_spec
 from aha.eval.heldout import evaluate_heldout
 from aha.models import is_peft
 from aha.rewards import RewardTerm, follows_format, score
-from aha.rollout import GenerationBackend, HFBackend, SamplingParams
+from aha.rollout import Generation, GenerationBackend, HFBackend, SamplingParams
 from aha.run import RunLayout, open_run_dir
 from aha.trainer.core import EvalResult, Policy, StepResult, Trainer, build_policy, seed_everything, set_determinism
 from aha.trainer.forward import completion_logits
@@ -47,6 +48,7 @@ class GRPOTrainer(Trainer):
                  teacher: torch.nn.Module | None = None, console=None):
         super().__init__(config, layout, policy, console=console)
         self.teacher = teacher
+        self.sampled_completions = 0
         self.backend = backend
         self.task = task
         self.rewards = rewards
@@ -68,35 +70,82 @@ class GRPOTrainer(Trainer):
         if config.beta > 0 and not is_peft(policy.model):  # LoRA: the reference is the base model
             reference = copy.deepcopy(policy.model).eval().requires_grad_(False)
         teacher = load_teacher(config, policy.tokenizer) if config.teacher else None
-        return cls(config, layout, policy, backend, inputs.task, inputs.rewards, reference=reference, teacher=teacher,
-                   console=console)
+        trainer = cls(config, layout, policy, backend, inputs.task, inputs.rewards, reference=reference,
+                      teacher=teacher, console=console)
+        if inputs.task.skipped:
+            trainer.console.log(f"{config.task}: skipped {len(inputs.task.skipped)} malformed rows "
+                                f"(on_error=skip); the first: {inputs.task.skipped[0]}")
+        return trainer
 
     @property
     def model(self) -> torch.nn.Module:
         return self.policy.model
 
+    @property
+    def loss_beta(self) -> float:
+        """The weight of the k3 KL term in the loss."""
+        return self.config.beta
+
     # --- one step ----------------------------------------------------------------------------------
-    def train_step(self, step: int) -> StepResult:
+    def rollout(self, indices: list[int]) -> Rollouts:
+        """Sample a group of completions for each of the task's examples ``indices`` and score them."""
         c = self.config
-        t0 = time.perf_counter()
-        examples = self.task.batch(step, c.prompts_per_step)
+        examples = [self.task.example(i) for i in indices]
         prompt_ids, cut = self._tokenize_prompts([ex["question"] for ex in examples])
-        group_prompts = [ids for ids in prompt_ids for _ in range(c.group_size)]
         params = SamplingParams(c.max_completion_length, c.temperature, c.top_p, tuple(c.stop_strings),
                                 logprobs=c.engine_ratio_cap > 0)
         generations = self.backend.generate(prompt_ids, params, self.prompts.prefill, num_samples=c.group_size)
-        t_generated = time.perf_counter()
-
         completions = [g.text for g in generations]
         keys = sorted({k for ex in examples for k in ex})
         columns = {k: [ex.get(k) for ex in examples for _ in range(c.group_size)] for k in keys}
         columns["completion_ids"] = [g.token_ids for g in generations]  # token lengths for length rewards
         scored = score(self.rewards, completions, columns) if self.rewards else None
-        total = scored.total if scored else [0.0] * len(completions)
-        rewards = fill_unscored(total, c.group_size)  # [N]
-        advantages = compute_advantages(rewards, c.group_size, c.advantage_estimator)  # [N]
-        batch = build_train_batch(group_prompts, [g.token_ids for g in generations], advantages, self.backend.pad_id,
-                                  c.group_size, engine_logprobs=[g.logprobs for g in generations])
+        return Rollouts(list(indices), examples, prompt_ids, generations,
+                        scored.total if scored else [0.0] * len(completions),
+                        scored.per_reward if scored else {}, dict(scored.failures) if scored else {}, cut,
+                        c.group_size)
+
+    def sample_step(self, step: int) -> tuple[Rollouts, dict[str, float]]:
+        """The step's rollouts. With dynamic sampling (DAPO, Yu et al. 2025, §3.2), groups whose rewards are all
+        equal are dropped and more prompts are sampled, up to dynamic_sampling_rounds extra rounds, until the
+        step has prompts_per_step groups with reward spread."""
+        c = self.config
+        first = list(range(step * c.prompts_per_step, (step + 1) * c.prompts_per_step))
+        rollouts = self.rollout(first)
+        if not c.dynamic_sampling:
+            return rollouts, {}
+        sampled = rollouts.num_groups
+        kept = rollouts.select(rollouts.informative_groups())
+        for extra in range(c.dynamic_sampling_rounds):
+            if kept.num_groups >= c.prompts_per_step:
+                break
+            # extra prompts come from an index range of their own, so a step's draw depends only on (seed, step)
+            base = (c.max_steps + step * c.dynamic_sampling_rounds + extra + 1) * c.prompts_per_step
+            more = self.rollout(list(range(base, base + c.prompts_per_step)))
+            sampled += more.num_groups
+            kept = kept + more.select(more.informative_groups())
+        kept = kept.select(list(range(min(kept.num_groups, c.prompts_per_step))))
+        if kept.num_groups == 0:  # nothing informative at all: train on the first draw (zero advantages)
+            kept = rollouts
+        return kept, {"dynamic/sampled_groups": float(sampled), "dynamic/kept_groups": float(kept.num_groups),
+                      "dynamic/oversampling": sampled / c.prompts_per_step}
+
+    def train_step(self, step: int) -> StepResult:
+        c = self.config
+        t0 = time.perf_counter()
+        rollouts, dynamic_stats = self.sample_step(step)
+        generations = rollouts.generations
+        sampled = int(dynamic_stats.get("dynamic/sampled_groups", rollouts.num_groups)) * c.group_size
+        self.sampled_completions += sampled
+        t_generated = time.perf_counter()
+        rewards = fill_unscored(rollouts.total, c.group_size)  # [N]
+        batch = build_train_batch(rollouts.group_prompts, [g.token_ids for g in generations],
+                                  torch.zeros(len(generations)), self.backend.pad_id, c.group_size,
+                                  engine_logprobs=[g.logprobs for g in generations])
+        truncated = torch.tensor([g.finish_reason == "length" for g in generations])
+        if c.mask_truncated:  # DAPO's overlong filtering: a cut-off completion teaches nothing
+            batch.completion_mask[truncated] = 0.0
+        batch.advantages = self.advantages(rewards, batch, rollouts)
         teacher_stats = self._add_teacher_advantages(batch) if self.teacher is not None else {}
         t_scored = time.perf_counter()
         train_stats = self.optimise(batch)
@@ -104,10 +153,10 @@ class GRPOTrainer(Trainer):
             self.reference.load_state_dict(self.model.state_dict())
         t_done = time.perf_counter()
 
+        completions = [g.text for g in generations]
         lengths = [len(g.token_ids) for g in generations]
         grouped = rewards.view(-1, c.group_size)
-        per_reward = scored.per_reward if scored else {}
-        failures = scored.failures if scored else {}
+        per_reward, failures = rollouts.per_reward, rollouts.failures
         metrics: dict[str, Any] = {
             "reward": float(rewards.mean()), "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
             **{f"reward/{k}": mean(v for v in vals if v is not None) for k, vals in per_reward.items()},
@@ -115,23 +164,35 @@ class GRPOTrainer(Trainer):
             **{f"reward_failures/{k}": failures.get(k, 0) for k in per_reward},
             "format_rate": mean(float(follows_format(t)) for t in completions),
             "completion_length": mean(lengths), "completion_length_max": max(lengths),
-            "truncated_rate": mean(float(g.finish_reason == "length") for g in generations),
+            "truncated_rate": float(truncated.float().mean()),
+            "sampled_completions": sampled, "generated_tokens": sum(lengths),
             "zero_std_groups": float((grouped.max(dim=1).values == grouped.min(dim=1).values).float().mean()),
-            "unscored": sum(r is None for r in total), "reward_failures": sum(failures.values()),
-            "prompts_truncated": cut, "prompt_length": mean(len(p) for p in prompt_ids),
-            **teacher_stats, **train_stats,
+            "unscored": sum(r is None for r in rollouts.total), "reward_failures": sum(failures.values()),
+            "prompts_truncated": rollouts.prompts_cut, "prompt_length": mean(len(p) for p in rollouts.prompt_ids),
+            **dynamic_stats, **teacher_stats, **train_stats,
             "lr": self.policy.lr,
             "time/step": t_done - t0, "time/generation": t_generated - t0, "time/training": t_done - t_scored,
             "time/generated_tokens_per_s": sum(lengths) / max(t_generated - t0, 1e-9),
             "time/train_tokens_per_s": float(batch.attention_mask.sum()) / max(t_done - t_scored, 1e-9),
         }
         if train_stats["nonfinite_skipped"]:  # which training examples the skipped update came from
-            metrics["nonfinite_examples"] = [step * c.prompts_per_step + i for i in range(c.prompts_per_step)]
-        samples = [{"question": columns["question"][i], "completion": completions[i], "reward": total[i],
-                    **{f"reward/{k}": v[i] for k, v in per_reward.items()},
-                    "advantage": float(advantages[i]), "finish_reason": generations[i].finish_reason}
+            metrics["nonfinite_examples"] = rollouts.indices
+        advantage_of = batch.advantages if batch.advantages.dim() == 1 else batch.advantages[:, 0]
+        samples = [{"question": rollouts.examples[i // c.group_size]["question"], "completion": completions[i],
+                    "reward": rollouts.total[i], **{f"reward/{k}": v[i] for k, v in per_reward.items()},
+                    "advantage": float(advantage_of[i]), "finish_reason": generations[i].finish_reason}
                    for i in range(min(c.log_completions, len(completions)))]
         return StepResult(metrics, samples)
+
+    def advantages(self, rewards: torch.Tensor, batch: TrainBatch, rollouts: Rollouts) -> torch.Tensor:
+        """The estimator's advantages: ``[N]``, or ``[N, C]`` for per-token ones (reinforce_pp, process)."""
+        c = self.config
+        token_rewards = token_reward_mask = None
+        if c.advantage_estimator == "process":
+            token_rewards, token_reward_mask = step_reward_tensors(self.task, rollouts, batch.completion_width)
+        return compute_advantages(rewards, c.group_size, c.advantage_estimator,
+                                  completion_mask=batch.completion_mask if c.advantage_estimator == "reinforce_pp"
+                                  else None, token_rewards=token_rewards, token_reward_mask=token_reward_mask)
 
     @torch.no_grad()
     def _add_teacher_advantages(self, batch: TrainBatch) -> dict[str, float]:
@@ -160,8 +221,9 @@ class GRPOTrainer(Trainer):
         of the micro-batch gradients is the full batch's gradient."""
         c = self.config
         num_sequences, num_tokens = batch.size, float(batch.completion_mask.sum())
+        beta = self.loss_beta
         micro = [batch.select(rows) for rows in self._micro_batch_rows(batch)]
-        if c.num_iterations > 1 or c.beta > 0 or (c.engine_ratio_cap > 0 and batch.engine_logprobs is not None):
+        if c.num_iterations > 1 or beta > 0 or (c.engine_ratio_cap > 0 and batch.engine_logprobs is not None):
             self._fill_reference_logprobs(micro)
         stats: dict[str, float] = {"trained_sequences": float(sum(mb.size for mb in micro))}
         skipped = False
@@ -177,7 +239,7 @@ class GRPOTrainer(Trainer):
                 old = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()
                 loss, mb_stats = policy_loss(
                     logprobs, old, mb.advantages, mb.completion_mask, loss_type=c.loss_type, eps_low=c.eps_low,
-                    eps_high=c.eps_high, beta=c.beta, ref_logprobs=mb.ref_logprobs,
+                    eps_high=c.eps_high, beta=beta, ref_logprobs=mb.ref_logprobs,
                     max_completion_length=c.max_completion_length, num_sequences=num_sequences, num_tokens=num_tokens,
                     engine_logprobs=mb.engine_logprobs, engine_ratio_cap=c.engine_ratio_cap)
                 loss.backward()
@@ -201,7 +263,8 @@ class GRPOTrainer(Trainer):
         """
         c = self.config
         nonzero = batch.advantages != 0 if batch.advantages.dim() == 1 else (batch.advantages != 0).any(dim=1)
-        keep = torch.ones(batch.size, dtype=torch.bool) if c.beta > 0 else nonzero
+        keep = torch.ones(batch.size, dtype=torch.bool) if self.loss_beta > 0 else nonzero
+        keep &= batch.completion_mask.sum(dim=1) > 0  # rows with no token to learn from (masked, empty)
         lengths = batch.completion_mask.sum(dim=1)
         groups = [rows for g in batch.group_ids.unique()
                   if (rows := ((batch.group_ids == g) & keep).nonzero().flatten()).numel()]
@@ -228,7 +291,7 @@ class GRPOTrainer(Trainer):
         for mb in micro:
             if c.num_iterations > 1 or mb.engine_logprobs is not None:  # else old = current, detached, in the loss
                 mb.old_logprobs = token_logprobs(self._logits(self.model, mb), mb.completion_ids)
-            if c.beta > 0:
+            if self.loss_beta > 0:
                 if self.reference is not None:
                     logits = self._logits(self.reference, mb)
                 else:  # LoRA: the reference is the base model, i.e. the policy with adapters off
@@ -248,6 +311,18 @@ class GRPOTrainer(Trainer):
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"reference": self.reference} if self.reference is not None and self.config.ref_sync_steps else {}
+
+    def trainer_state(self) -> dict[str, Any]:
+        return {"sampled_completions": self.sampled_completions}
+
+    def load_trainer_state(self, state: dict[str, Any]) -> None:
+        self.sampled_completions = state.get("sampled_completions", 0)
+
+    def budget_spent(self) -> str | None:
+        c = self.config
+        if c.max_completions and self.sampled_completions >= c.max_completions:
+            return f"max_completions={c.max_completions} sampled ({self.sampled_completions})"
+        return None
 
     def describe_step(self, step: int, m: dict[str, Any]) -> str:
         acc = m.get("reward/accuracy")
@@ -276,6 +351,66 @@ class GRPOTrainer(Trainer):
         limit = self.config.max_prompt_length
         cut = sum(len(i) > limit for i in ids)
         return [i[-limit:] for i in ids], cut
+
+
+@dataclass
+class Rollouts:
+    """The sampled, scored completions of some prompts: group after group, ``group_size`` completions each."""
+
+    indices: list[int]  # [P] the task's example indices
+    examples: list[dict[str, Any]]  # [P]
+    prompt_ids: list[list[int]]  # [P]
+    generations: list[Generation]  # [P * G]
+    total: list[float | None]  # [P * G] weighted reward, None: unscorable
+    per_reward: dict[str, list[float | None]]  # each [P * G]
+    failures: dict[str, int]
+    prompts_cut: int
+    group_size: int
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.examples)
+
+    @property
+    def group_prompts(self) -> list[list[int]]:
+        return [ids for ids in self.prompt_ids for _ in range(self.group_size)]
+
+    def informative_groups(self) -> list[int]:
+        """Groups whose rewards are not all equal (an unscorable sample counts as its group's mean)."""
+        rewards = fill_unscored(self.total, self.group_size).view(-1, self.group_size)
+        return [g for g in range(self.num_groups) if float(rewards[g].max()) != float(rewards[g].min())]
+
+    def select(self, groups: list[int]) -> "Rollouts":
+        g = self.group_size
+        rows = [r for group in groups for r in range(group * g, (group + 1) * g)]
+        return Rollouts([self.indices[i] for i in groups], [self.examples[i] for i in groups],
+                        [self.prompt_ids[i] for i in groups], [self.generations[r] for r in rows],
+                        [self.total[r] for r in rows], {k: [v[r] for r in rows] for k, v in self.per_reward.items()},
+                        dict(self.failures), self.prompts_cut, g)
+
+    def __add__(self, other: "Rollouts") -> "Rollouts":
+        names = self.failures.keys() | other.failures.keys()
+        failures = {k: self.failures.get(k, 0) + other.failures.get(k, 0) for k in names}
+        per_reward = {k: v + other.per_reward.get(k, []) for k, v in self.per_reward.items()}
+        return Rollouts(self.indices + other.indices, self.examples + other.examples,
+                        self.prompt_ids + other.prompt_ids, self.generations + other.generations,
+                        self.total + other.total, per_reward, failures, self.prompts_cut + other.prompts_cut,
+                        self.group_size)
+
+
+def step_reward_tensors(task: Task, rollouts: Rollouts, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[N, C]`` step rewards at each step's last token, and the mask of those tokens, from the task's
+    ``step_rewards`` (process supervision)."""
+    g = rollouts.group_size
+    examples = [rollouts.examples[i // g] for i in range(len(rollouts.generations))]
+    steps = task.step_rewards(examples, rollouts.generations)
+    rewards = torch.zeros((len(examples), width))
+    ends = torch.zeros((len(examples), width))
+    for row, row_steps in enumerate(steps):
+        for token, reward in row_steps:
+            if 0 <= token < width:
+                rewards[row, token], ends[row, token] = float(reward), 1.0
+    return rewards, ends
 
 
 def load_teacher(config: GRPOConfig, tokenizer) -> torch.nn.Module:

@@ -43,7 +43,7 @@ def check_rewards(config) -> list[RewardTerm]:
 def check_task(config) -> Task:
     try:
         return make_task(config.task, config.task_options, config.eval_size, config.seed, config.field_map,
-                         config.eval_dataset)
+                         config.eval_dataset, config.on_error)
     except DataError:
         raise  # already names file:line
     except (ValueError, TypeError) as err:
@@ -55,6 +55,9 @@ def check_inputs(config, task: Task | None = None) -> Inputs:
     problem with any of them."""
     rewards = check_rewards(config) if config.rewards else []
     task = task or check_task(config)
+    if getattr(config, "advantage_estimator", "") == "process" and not task.has_step_rewards:
+        raise config.error("advantage_estimator", f"process needs a task that gives step rewards; {task.name!r} "
+                                                  "does not (implement Task.step_rewards)")
     if getattr(config, "teacher", None):
         check_model(config, "teacher")
     return Inputs(task, rewards, check_model(config))

@@ -51,3 +51,20 @@ def loss_loop(logprobs, old, adv, mask, loss_type, eps_low, eps_high, beta, ref,
     if loss_type == "dr_grpo":
         return total / (len(per_seq_terms) * max_len)
     raise ValueError(loss_type)
+
+
+def gae_loop(rewards, values, mask, gamma, lam):
+    """Lists of lists in; (advantages, returns) as lists of lists, written straight from the recursion."""
+    advantages, returns = [], []
+    for r_row, v_row, m_row in zip(rewards, values, mask):
+        length = int(sum(m_row))
+        adv = [0.0] * len(r_row)
+        running = 0.0
+        for t in reversed(range(length)):
+            next_value = v_row[t + 1] if t + 1 < length else 0.0
+            delta = r_row[t] + gamma * next_value - v_row[t]
+            running = delta + gamma * lam * running
+            adv[t] = running
+        advantages.append(adv)
+        returns.append([adv[t] + v_row[t] if t < length else 0.0 for t in range(len(r_row))])
+    return advantages, returns

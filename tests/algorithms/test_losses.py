@@ -172,3 +172,21 @@ def test_beta_without_reference_is_an_error():
 
 def test_registry_names():
     assert LOSS_TYPES.names() == ["dapo", "dr_grpo", "grpo", "gspo"]
+
+
+def test_clipped_value_loss_hand_computed():
+    from aha.algorithms import value_loss
+
+    # token 0: V 1.0 (old 0.5, moved 0.5 > clip 0.2 -> clipped 0.7), return 0.9:
+    #   max((1.0 - 0.9)^2, (0.7 - 0.9)^2) = max(0.01, 0.04) = 0.04
+    # token 1: V 0.3 (old 0.4, within the clip), return 0.0: max(0.09, 0.09) = 0.09; token 2 masked
+    values, old = torch.tensor([[1.0, 0.3, 5.0]]), torch.tensor([[0.5, 0.4, 0.0]])
+    returns, mask = torch.tensor([[0.9, 0.0, 0.0]]), torch.tensor([[1.0, 1.0, 0.0]])
+    loss, stats = value_loss(values, old, returns, mask, clip=0.2)
+    assert loss.item() == pytest.approx(0.5 * (0.04 + 0.09) / 2)
+    assert stats["value_clip_ratio"] == pytest.approx(0.5)
+    values.requires_grad_(True)
+    loss, _ = value_loss(values, old, returns, mask, clip=0.2)
+    loss.backward()
+    # token 0's clipped branch wins and is flat in V: no gradient; token 1: 0.5 * 2 * 0.3 / 2 tokens = 0.15
+    assert values.grad.tolist()[0] == pytest.approx([0.0, 0.15, 0.0])

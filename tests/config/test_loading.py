@@ -52,7 +52,7 @@ def test_wrong_type_in_a_file_names_file_line_and_field(tmp_path):
     ("use_chat_template=maybe", "use_chat_template: expected bool"),
     ("loss_type=ppo", "loss_type: unknown loss_type 'ppo'; valid: dapo, dr_grpo, grpo, gspo"),
     ("advantage_estimator=zscore", "advantage_estimator: unknown advantage estimator 'zscore'; valid: batch, group, "
-                                   "none, rloo"),
+                                   "none, process, reinforce_pp, rloo"),
     ("advantage_scale=zscore", "advantage_estimator: unknown advantage estimator 'zscore'"),  # the former name
     ("group_size=0", "group_size: must be >= 1"),
     ("lr_scheduler=cosin", "lr_scheduler: unknown scheduler 'cosin'; valid: linear, cosine"),

@@ -67,3 +67,14 @@ def test_jsonl_task_holds_out_its_last_rows(tmp_path):
     assert [ex["question"] for ex in task.eval_examples()] == ["q7", "q8", "q9"]
     seen = {task.example(i)["question"] for i in range(14)}
     assert seen == {f"q{i}" for i in range(7)}  # every training row, each epoch reshuffled, none held out
+
+
+def test_a_dataset_task_skips_and_counts_bad_rows_when_asked(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"question": "q0", "answer": "0"}\n{"question": "q1"}\nnot json\n'
+                    '{"question": "q3", "answer": "3"}\n')
+    task = make_task(str(path), eval_size=1, on_error="skip")
+    assert [ex["question"] for ex in task.eval_examples()] == ["q3"]
+    assert [m.split(": ", 1)[0] for m in task.skipped] == [f"{path}:2", f"{path}:3"]
+    with pytest.raises(DataError, match=r"train.jsonl:2: missing field 'answer'"):
+        make_task(str(path), eval_size=1)

@@ -36,6 +36,7 @@ def test_structure(text, required, keep):
     ("<think>Let me compute \\frac{1}{2} + x = 3, so x is 2.5</think> <answer>2.5</answer>", True),
     ("<think>3 加 4 等于 7, 然后减 2 得 5</think> <answer>5</answer>", False),
     ("<think>three plus four 等于 seven minus two</think> <answer>5</answer>", False),
+    ("<think> 3 + 4 - 2 = 5</think> <answer>5</answer>", True),  # no words at all: nothing is mixed
 ])
 def test_language_mixing(text, keep):
     assert (language_problem(text, "en", 0.95) is None) == keep

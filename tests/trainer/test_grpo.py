@@ -115,3 +115,46 @@ def test_held_out_evaluation_before_and_after(tmp_path):
     assert set(summary["before"]) >= {"strict_accuracy", "lenient_accuracy", "format_rate"}
     lines = trainer.layout.evals.read_text().splitlines()
     assert [json.loads(x)["label"] for x in lines] == ["before", "after"]
+
+
+class CountingBackend:
+    """A backend handed to the trainer: delegates to the transformers one, counts weight syncs."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.pad_id = inner.pad_id
+        self.syncs = 0
+
+    def generate(self, *args, **kwargs):
+        return self.inner.generate(*args, **kwargs)
+
+    def sync_weights(self):
+        self.syncs += 1
+
+
+def test_the_trainer_is_handed_its_backend_and_syncs_it_after_every_optimiser_step(tmp_path):
+    built = make(tmp_path / "a", max_steps=1)
+    backend = CountingBackend(built.backend)
+    trainer = GRPOTrainer(built.config, built.layout, built.policy, backend, built.task, built.rewards)
+    trainer.config.max_steps, trainer.config.num_iterations = 3, 2
+    trainer.fit()
+    assert backend.syncs == 3 * 2
+
+
+def test_engine_logprobs_match_the_trainers_own(tmp_path):
+    from aha.algorithms import token_logprobs
+    from aha.rollout import SamplingParams
+    from aha.trainer.forward import completion_logits
+    from aha.types import build_train_batch
+
+    trainer = make(tmp_path, max_steps=1)
+    prompts = [trainer.policy.tokenizer(q, add_special_tokens=False)["input_ids"] for q in ("3 + 3 =", "12 + 1 =")]
+    torch.manual_seed(0)
+    gens = trainer.backend.generate(prompts, SamplingParams(10, temperature=0.8, logprobs=True), num_samples=3)
+    assert all(len(g.logprobs) == len(g.token_ids) for g in gens)
+    batch = build_train_batch([p for p in prompts for _ in range(3)], [g.token_ids for g in gens], torch.zeros(6),
+                              trainer.backend.pad_id, 3, engine_logprobs=[g.logprobs for g in gens])
+    with torch.no_grad():
+        mine = token_logprobs(completion_logits(trainer.model, batch, temperature=0.8), batch.completion_ids)
+    mask = batch.completion_mask.bool()
+    assert torch.allclose(mine[mask], batch.engine_logprobs[mask], atol=1e-4)
