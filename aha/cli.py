@@ -187,8 +187,47 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_traces(sub)
     _add_compare(sub)
+    _add_pipeline(sub)
     _add_data(sub)
     return parser
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    from aha.pipeline.recipe import parse
+    from aha.pipeline.runner import run_pipeline
+    from aha.utils.console import make_console
+
+    recipe, overrides = _split_recipe(args.settings)
+    if recipe is None:
+        raise ConfigError("give the pipeline recipe, e.g. aha pipeline recipes/r1-tiny.yaml")
+    result = run_pipeline(parse(recipe, overrides), make_console(), from_stage=args.from_stage, until=args.until,
+                          dry=args.dry_run, accelerator=args.accelerator, devices=args.devices)
+    return 130 if result.get("stopped") else 0
+
+
+def _add_pipeline(sub) -> None:
+    from aha.pipeline.cost import ACCELERATORS
+
+    pipe = sub.add_parser(
+        "pipeline", help="run a multi-stage recipe (cold start -> RL -> rejection sampling -> SFT -> RL -> distill)",
+        description="Run the stages of a pipeline recipe in order, each in its own folder of the run directory, "
+                    "recorded in pipeline.json. Running the same command again skips finished stages, resumes an "
+                    "interrupted one from its last checkpoint, and re-runs a stage whose settings or inputs changed "
+                    "together with every stage that reads from it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  aha pipeline recipes/r1-tiny.yaml\n  aha pipeline recipes/r1-cpu.yaml --dry-run\n"
+               "  aha pipeline recipes/r1.yaml --dry-run --accelerator h100 --devices 8\n"
+               "  aha pipeline recipes/r1-cpu.yaml output_dir=runs/r1 rl_reasoning.max_steps=40 --from rl_reasoning\n"
+               "\nstage kinds: sft, grpo, generate, sample, mix, distill, eval (see docs/recipes.md)")
+    pipe.add_argument("settings", nargs="*", metavar="RECIPE.yaml | output_dir=D | STAGE.field=value")
+    pipe.add_argument("--from", dest="from_stage", metavar="STAGE",
+                      help="run this stage and every stage that reads from it again, from the start")
+    pipe.add_argument("--until", metavar="STAGE", help="stop after this stage")
+    pipe.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost; run nothing")
+    pipe.add_argument("--accelerator", default="cpu", choices=sorted(ACCELERATORS),
+                      help="what --dry-run prices the run on (default: cpu)")
+    pipe.add_argument("--devices", type=int, default=1, help="how many of them (default: 1)")
+    pipe.set_defaults(func=_pipeline)
 
 
 def _add_recipe_command(sub, name: str, cls: type, summary: str, description: str, examples: list[str]) -> None:

@@ -191,9 +191,11 @@ def _looks_like_float(raw: str) -> bool:
 
 
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> C:
-    """Build ``cls`` from defaults, then ``base``, then a YAML file, then ``key=value`` overrides, and
-    validate it (``validate()``)."""
+                base: dict[str, Any] | None = None, mapping: dict[str, Any] | None = None,
+                locations: dict[str, str] | None = None) -> C:
+    """Build ``cls`` from defaults, then ``base``, then a YAML file, then ``mapping`` (values read from part of
+    a larger file; ``locations`` says where each key was written, ``pipeline.yaml:14``), then ``key=value``
+    overrides, and validate it (``validate()``)."""
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -225,6 +227,13 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
                 raise _unknown(cls, key, f"{path}:{lines.get(given, '?')}")
             values[key] = _coerce(value, hints[key], where)
             sources[key] = f"{path}:{lines.get(given, '?')}"
+    for given, value in (mapping or {}).items():
+        place = (locations or {}).get(given, "recipe")
+        key = _canonical(cls, given, mapping, place)
+        if key not in hints:
+            raise _unknown(cls, key, place)
+        values[key] = _coerce(value, hints[key], f"{place}: {given}")
+        sources[key] = place
     for text in overrides or []:
         key = _canonical(cls, text.split("=", 1)[0].strip(), {}, f"override {text!r}")
         _, value = parse_override(text, hints.get(key, Any))

@@ -11,6 +11,11 @@ picks rewards by name with weights::
       accuracy: 1.0                                   # weight only
       format: {weight: 0.5, requires: accuracy}       # paid only where `accuracy` is positive
       code: {weight: 1.0, time_budget: 30}            # seconds per sample before it is given up
+      judged: {reward: judge, api_base: ..., when: {kind: general}}   # only samples whose `kind` column is general
+
+``when`` routes a reward to some samples by a dataset column (``{column: value}`` or ``{column: [values]}``):
+the others are not sent to it and it adds nothing to their total, so one run can mix verifiable rewards for
+reasoning prompts with model rewards for general ones.
 
 A reward that raises, or runs past its ``time_budget``, costs the samples concerned (scored None, logged,
 counted in ``RewardResult.failures``), never the run. A reward that can tell why it could not score one
@@ -69,6 +74,13 @@ class RewardTerm:
     """Label of another term; this one is paid only where that one scored > 0."""
     time_budget: float | None = None
     """Seconds per sample before the reward is given up on (None: no budget)."""
+    when: dict[str, list] | None = None
+    """Column -> accepted values: the term scores only the samples that match (None: every sample)."""
+
+    def applies(self, columns: dict[str, list], index: int) -> bool:
+        if not self.when:
+            return True
+        return all(index < len(columns.get(k) or []) and columns[k][index] in values for k, values in self.when.items())
 
 
 @dataclass
@@ -95,12 +107,17 @@ def build_rewards(spec: dict[str, Any]) -> list[RewardTerm]:
         budget = options.pop("time_budget", None)
         if budget is not None and (not _is_number(budget) or budget <= 0):
             raise ValueError(f"rewards.{label}.time_budget must be a positive number of seconds, got {budget!r}")
+        when = options.pop("when", None)
+        if when is not None:
+            if not isinstance(when, dict) or not when:
+                raise ValueError(f"rewards.{label}.when must map a column to a value or list of values, got {when!r}")
+            when = {str(k): list(v) if isinstance(v, list) else [v] for k, v in when.items()}
         name = options.pop("reward", label)
         try:
             fn = get_reward(name, **options)
         except ValueError as err:
             raise ValueError(f"rewards.{label}: {err}") from None
-        terms.append(RewardTerm(label, fn, float(weight), requires, budget))
+        terms.append(RewardTerm(label, fn, float(weight), requires, budget, when))
     labels = {t.label for t in terms}
     for term in terms:
         if term.requires is not None and term.requires not in labels:
@@ -177,7 +194,20 @@ def score(terms: list[RewardTerm], completions: list[str], columns: dict[str, li
     per_reward: dict[str, list] = {}
     reasons: dict[str, list[str]] = {}
     for term in terms:
-        per_reward[term.label], reasons[term.label] = _call_safely(term, completions, columns)
+        chosen = [i for i in range(len(completions)) if term.applies(columns, i)]
+        if len(chosen) == len(completions):
+            per_reward[term.label], reasons[term.label] = _call_safely(term, completions, columns)
+            continue
+        values: list = [None] * len(completions)
+        if chosen:
+            subset, why = _call_safely(term, [completions[i] for i in chosen],
+                                       {k: [v[i] for i in chosen] for k, v in columns.items()})
+            for i, value in zip(chosen, subset):
+                values[i] = value
+            reasons[term.label] = why
+        else:
+            reasons[term.label] = []
+        per_reward[term.label] = values
     failures = {label: len(why) for label, why in reasons.items()}
     total: list[float | None] = []
     for i in range(len(completions)):

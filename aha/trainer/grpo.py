@@ -166,6 +166,7 @@ class GRPOTrainer(Trainer):
             "completion_length": mean(lengths), "completion_length_max": max(lengths),
             "truncated_rate": float(truncated.float().mean()),
             "sampled_completions": sampled, "generated_tokens": sum(lengths),
+            "train_tokens": int(batch.attention_mask.sum()) * c.num_iterations,
             "zero_std_groups": float((grouped.max(dim=1).values == grouped.min(dim=1).values).float().mean()),
             "unscored": sum(r is None for r in rollouts.total), "reward_failures": sum(failures.values()),
             "prompts_truncated": rollouts.prompts_cut, "prompt_length": mean(len(p) for p in rollouts.prompt_ids),
