@@ -188,8 +188,49 @@ def build_parser() -> argparse.ArgumentParser:
     _add_traces(sub)
     _add_compare(sub)
     _add_pipeline(sub)
+    _add_chat(sub)
     _add_data(sub)
     return parser
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from aha.eval.chat import main_chat
+    from aha.models import model_source_problem
+    from aha.run import RunDirError, resolve_model_source
+
+    try:
+        problem = model_source_problem(resolve_model_source(args.model))
+    except RunDirError as err:
+        problem = str(err)
+    if problem:
+        raise ConfigError(f"model: {problem}")
+    if args.max_new_tokens < 1 or args.temperature < 0 or not 0 < args.top_p <= 1:
+        raise ConfigError("--max-new-tokens must be >= 1, --temperature >= 0 and --top-p in (0, 1]")
+    return main_chat(args.model, system=args.system, prefill=args.prefill, max_new_tokens=args.max_new_tokens,
+                     temperature=args.temperature, top_p=args.top_p, seed=args.seed, device=args.device,
+                     dtype=args.dtype)
+
+
+def _add_chat(sub) -> None:
+    chat = sub.add_parser(
+        "chat", help="talk to a reasoning model (thinking shown apart from the answer)",
+        description="Talk to a model: replies stream, the thinking dimmed apart from the answer, with tokens and "
+                    "tokens/s; earlier turns keep only their answers. A run directory is prompted as it was "
+                    "trained (its config.yaml). With standard input not a terminal, each line is a message and "
+                    "each answer is printed on one line.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  aha chat runs/zero-chain-sum\n  aha chat smollm2-135m-instruct --system ''\n"
+               "  printf '1 + 2 =\\n3 - 5 =\\n' | aha chat runs/zero-chain-sum --temperature 0")
+    chat.add_argument("model", help="a run directory, checkpoint, HF folder, .gguf file or alias")
+    chat.add_argument("--system", help="the system prompt ('' for none; default: the run's, else none)")
+    chat.add_argument("--prefill", help="text that opens each reply (default: the run's, e.g. <think>)")
+    chat.add_argument("--max-new-tokens", type=int, default=1024)
+    chat.add_argument("--temperature", type=float, default=0.6, help="0: greedy (default 0.6, as the paper)")
+    chat.add_argument("--top-p", type=float, default=0.95)
+    chat.add_argument("--seed", type=int, default=0)
+    chat.add_argument("--device", default="auto")
+    chat.add_argument("--dtype", default="auto")
+    chat.set_defaults(func=_chat)
 
 
 def _pipeline(args: argparse.Namespace) -> int:

@@ -1,9 +1,11 @@
-"""Training curves of a run directory (reward, accuracy, format, completion length) as one PNG."""
+"""Training curves of a run directory (reward, accuracy, format, completion length, reflection rate) as one
+PNG, with the aha moment (:func:`aha.analysis.reflection.find_aha_moment` on the reflection rate) marked."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from aha.analysis.reflection import find_aha_moment
 from aha.run.layout import RunLayout
 from aha.utils.io import JsonlFile
 
@@ -12,6 +14,7 @@ PANELS = [
     ("reward/accuracy", "accuracy of sampled completions"),
     ("format_rate", "R1-Zero format rate"),
     ("completion_length", "completion length (tokens)"),
+    ("reflection/rate", "responses with a reflection phrase"),
 ]
 
 
@@ -42,6 +45,11 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, smooth: int = 5
             averaged = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
                         for i in range(len(values))]
             ax.plot(steps, averaged, color="tab:blue")
+        if key == "reflection/rate" and points:
+            moment = find_aha_moment(values)
+            if moment is not None:
+                ax.axvline(steps[moment.index], color="tab:red", linestyle=":", label="aha moment")
+                ax.legend(fontsize=7)
         if key == "reward/accuracy" and evals:
             ax.plot([e["step"] for e in evals], [e["strict_accuracy"] for e in evals], "o-", color="tab:green",
                     label="held-out strict")

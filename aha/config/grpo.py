@@ -92,6 +92,10 @@ class GRPOConfig(TeacherSection, CheckpointSection, RunSection, OptimSection, Sa
     # --- logging -----------------------------------------------------------------------------------
     log_completions: int = 8
     """Completions per step written to samples.jsonl."""
+    reflection_phrases: list[str] = dataclasses.field(default_factory=list)
+    """Phrases that mark reflection in a response ("wait", "let me check"), counted per step in metrics.jsonl
+    (reflection/rate, reflection/per_1k_tokens, ...); empty: the multilingual defaults of
+    aha.analysis.reflection."""
 
     def check(self) -> None:
         from aha.algorithms import ADVANTAGE_ESTIMATORS, LOSS_TYPES

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from aha.algorithms import compute_advantages, policy_loss, token_entropy, token_logprobs
+from aha.analysis.reflection import ReflectionCounter, rollout_stats
 from aha.config import GRPOConfig
 from aha.data.prompts import PromptBuilder
 from aha.data.tasks import Task
@@ -52,6 +53,7 @@ class GRPOTrainer(Trainer):
         self.backend = backend
         self.task = task
         self.rewards = rewards
+        self.reflection = ReflectionCounter(config.reflection_phrases or None)
         self.reference = reference
         self.prompts = PromptBuilder.from_config(policy.tokenizer, config)
         self.grader = grade_spec(task.reward, task.reward_options)
@@ -85,6 +87,14 @@ class GRPOTrainer(Trainer):
     def loss_beta(self) -> float:
         """The weight of the k3 KL term in the loss."""
         return self.config.beta
+
+    def _rollout_analytics(self, completions, lengths, per_reward) -> dict[str, Any]:
+        """Length, reflection and language statistics of the step's responses (aha.analysis.reflection);
+        right and wrong by the accuracy reward when the run has one."""
+        accuracy = per_reward.get("accuracy")
+        correct = [None if r is None else r > 0 for r in accuracy] if accuracy else None
+        stats = rollout_stats(completions, lengths, correct, counter=self.reflection)
+        return {k: v for k, v in stats.items() if v is not None}
 
     # --- one step ----------------------------------------------------------------------------------
     def rollout(self, indices: list[int]) -> Rollouts:
@@ -170,6 +180,7 @@ class GRPOTrainer(Trainer):
             "zero_std_groups": float((grouped.max(dim=1).values == grouped.min(dim=1).values).float().mean()),
             "unscored": sum(r is None for r in rollouts.total), "reward_failures": sum(failures.values()),
             "prompts_truncated": rollouts.prompts_cut, "prompt_length": mean(len(p) for p in rollouts.prompt_ids),
+            **self._rollout_analytics(completions, lengths, per_reward),
             **dynamic_stats, **teacher_stats, **train_stats,
             "lr": self.policy.lr,
             "time/step": t_done - t0, "time/generation": t_generated - t0, "time/training": t_done - t_scored,

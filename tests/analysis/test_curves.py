@@ -8,7 +8,7 @@ from aha.cli import main
 
 def test_plot_writes_a_png_with_held_out_points(tmp_path):
     rows = [{"step": s, "reward": s / 10, "reward/accuracy": s / 20, "format_rate": 0.1 * s,
-             "completion_length": 20 + s} for s in range(1, 8)]
+             "completion_length": 20 + s, "reflection/rate": 0.05 if s < 5 else 0.5} for s in range(1, 12)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "eval.jsonl").write_text(json.dumps({"step": 0, "strict_accuracy": 0.0, "lenient_accuracy": 0.3})
                                          + "\n")
