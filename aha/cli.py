@@ -189,8 +189,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_pipeline(sub)
     _add_chat(sub)
+    report = sub.add_parser(
+        "report", help="an HTML report of training runs: curves, the aha moment, rollouts with filters",
+        description="Write one self-contained HTML page (no network needed to view it) of one or several runs, or "
+                    "of a pipeline's run directory (a section per training stage): held-out evaluations; reward, "
+                    "accuracy, response length, reflection rate with the aha moment marked, KL, entropy, clip "
+                    "ratio; example rollouts before and after the moment with reflective phrases highlighted; "
+                    "the logged rollouts with filters. Run it again on a live run to refresh.")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    report.add_argument("--out", help="the HTML file (default: FIRST_RUN_DIR/report.html)")
+    report.add_argument("--png-dir", help="also write each figure as a PNG file here")
+    report.set_defaults(func=_report)
     _add_data(sub)
     return parser
+
+
+def _report(args: argparse.Namespace) -> int:
+    from aha.analysis.report import build_report
+
+    try:
+        print(build_report(args.run_dirs, args.out, args.png_dir))
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from None
+    return 0
 
 
 def _chat(args: argparse.Namespace) -> int:
