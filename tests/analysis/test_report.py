@@ -57,7 +57,8 @@ def test_the_report_finds_the_moment_and_explains_it(tmp_path):
     assert out == run / "report.html"
     assert "Aha moment at step 18" in page
     assert "<mark>Wait</mark>" in page and "<mark>let me check</mark>" in page
-    assert page.count("<img ") == len(list((tmp_path / "png").glob("*.png"))) == 8  # the 7 panels, all with data, and held-out accuracy
+    # the 7 panels, all with data, and held-out accuracy
+    assert page.count("<img ") == len(list((tmp_path / "png").glob("*.png"))) == 8
     assert "http://" not in page and "https://" not in page  # nothing fetched to view it
     flat = fake_run(tmp_path / "flat", moment=999)
     assert "No aha moment" in build_report([str(flat)]).read_text()
