@@ -90,8 +90,9 @@ class GRPOConfig(TeacherSection, CheckpointSection, RunSection, OptimSection, Sa
     penalty) instead of adding the k3 term to the loss."""
 
     # --- logging -----------------------------------------------------------------------------------
-    log_completions: int = 8
-    """Completions per step written to samples.jsonl."""
+    log_completions: int = 64
+    """Completions per step written to samples.jsonl (the report's rollouts); 64 keeps every one of the default
+    run's, a few kilobytes a step."""
     reflection_phrases: list[str] = dataclasses.field(default_factory=list)
     """Phrases that mark reflection in a response ("wait", "let me check"), counted per step in metrics.jsonl
     (reflection/rate, reflection/per_1k_tokens, ...); empty: the multilingual defaults of

@@ -193,6 +193,18 @@ class RunSection(ReproSection):
 
     output_dir: str = ""
     """Run directory; empty means runs/<date>-<time>."""
+    report_to: list[str] = dataclasses.field(default_factory=list)
+    """Experiment trackers that also get every metric: tensorboard (in RUN_DIR/tensorboard), wandb (project
+    `aha`); each needs its package installed. metrics.jsonl is written either way."""
+
+    def check(self) -> None:
+        import importlib.util
+
+        for name in self.report_to:
+            self.require(name in ("tensorboard", "wandb"), "report_to",
+                         f"unknown tracker {name!r}; known: tensorboard, wandb")
+            self.require(importlib.util.find_spec(name) is not None, "report_to",
+                         f"{name} needs the {name} package (pip install {name})")
 
 
 @dataclass

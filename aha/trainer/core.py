@@ -37,8 +37,9 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from aha.config import save_config
+from aha.config import config_to_dict, save_config
 from aha.run import RunLayout, RunLogs, checkpoint_problem, load_checkpoint, save_checkpoint
+from aha.run.trackers import Trackers
 from aha.utils.console import make_console
 from aha.utils.io import remove_directory
 from aha.utils.signals import GracefulStop
@@ -164,6 +165,7 @@ class Trainer:
         self.console = console or make_console()
         self.logs = RunLogs(layout)
         self.train_seconds = 0.0
+        self.trackers: Trackers | None = None
 
     # --- what a trainer supplies -------------------------------------------------------------------
     def train_step(self, step: int) -> StepResult:
@@ -210,6 +212,16 @@ class Trainer:
         if finished:
             self.console.log(f"{self.layout.root}: the run finished at step {start}; nothing left to do")
             return self.summarise(start)
+        if getattr(c, "report_to", None):
+            self.trackers = Trackers(c.report_to, self.layout.root, config_to_dict(c))
+        try:
+            return self._loop(start)
+        finally:
+            if self.trackers is not None:
+                self.trackers.close()
+
+    def _loop(self, start: int) -> dict[str, Any]:
+        c = self.config
         if start == 0 and c.eval_before:
             self.run_evaluation(0, "before")
         step = start
@@ -224,6 +236,8 @@ class Trainer:
                 step += 1
                 self.train_seconds += time.perf_counter() - t0
                 self.logs.metrics.append({"step": step, **result.metrics})
+                if self.trackers:
+                    self.trackers.log({"step": step, **result.metrics}, "train/")
                 self.logs.samples.append(*({"step": step, **s} for s in result.samples))
                 self.console.log(self.describe_step(step, result.metrics))
                 progress.update(bar, advance=1, status=self.progress_status(result.metrics))
@@ -272,6 +286,8 @@ class Trainer:
         if result is None:
             return None
         self.logs.evals.append({"step": step, "label": label, **result.metrics})
+        if self.trackers:
+            self.trackers.log({"step": step, **result.metrics}, "heldout/")
         self.logs.write_eval_samples(step, result.samples)
         self.console.log(f"held-out {label}: {result.summary}")
         return result.metrics
