@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from aha.config.generate import OutputSection
-from aha.config.loading import Config
+from aha.config.sections import ReproSection
 
 MIX_INPUT_KEYS = ("data", "weight", "max_rows", "field_map")
 
 
 @dataclass
-class MixConfig(OutputSection, Config):
+class MixConfig(OutputSection, ReproSection):
     """Merge datasets (e.g. rejection-sampled reasoning traces and general SFT data) into one JSONL file."""
 
     command: typing.ClassVar[str] = "pipeline"
@@ -26,9 +26,8 @@ class MixConfig(OutputSection, Config):
     `max_rows` a cap on that input's rows after weighting (0: none); `field_map` renames its fields
     (`{prompt: question, completion: solution}`)."""
     max_rows: int = 0
-    """A cap on the merged rows (0: none); inputs are cut in proportion to their weighted size."""
-    seed: int = 0
-    """Seeds the sampling of fractional weights and the final shuffle."""
+    """A cap on the merged rows (0: none); inputs are cut in proportion to their weighted size. `seed` seeds
+    the sampling of fractional weights and the final shuffle."""
 
     def check(self) -> None:
         self.require(bool(self.inputs), "inputs", "give at least one input, e.g. [{data: kept.jsonl}]")

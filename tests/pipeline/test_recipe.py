@@ -214,10 +214,10 @@ def test_dry_run_prints_the_plan_with_hand_computed_estimates(tmp_path, monkeypa
     assert rl["trained_tokens"] == 3 * 2 * 4 * (512 + 16)
     assert rl["flops"] == 2 * n * rl["generated_tokens"] + 6 * n * rl["trained_tokens"]
     assert rl["hours"] == pytest.approx(rl["flops"] / (989e12 * 0.35 * 2) / 3600)
-    assert by_name["cold_start"]["trained_tokens"] == 4 * 8 * 160
+    assert by_name["cold_start"]["trained_tokens"] == 4 * 8 * 1024  # 4 steps of 8 rows at max_length
     assert by_name["rejection"]["generated_tokens"] == 8 * 2 * 16
     assert by_name["sft_data"]["flops"] == 0.0
-    assert by_name["sft_all"]["trained_tokens"] == 3 * 4 * 160
+    assert by_name["sft_all"]["trained_tokens"] == 3 * 4 * 1024
     out = capsys.readouterr().err
     assert "rl_reasoning" in out and "h100-hours" in out
 
