@@ -190,6 +190,22 @@ def _looks_like_float(raw: str) -> bool:
         return False
 
 
+def read_yaml(path: str | Path, what: str = "recipe file") -> tuple[str, Any]:
+    """(text, parsed value) of a YAML file; a missing, non-UTF-8 or malformed file is a ConfigError naming
+    the file (and the line)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        return text, yaml.safe_load(text)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: invalid YAML: {getattr(err, 'problem', err)}") from None
+
+
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None, mapping: dict[str, Any] | None = None,
                 locations: dict[str, str] | None = None) -> C:
@@ -206,17 +222,8 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         values[key] = _coerce(value, hints[key], key)
     if path is not None:
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-            data = yaml.safe_load(text) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: recipe file not found") from None
-        except UnicodeDecodeError as err:
-            raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}{line}: invalid YAML: {getattr(err, 'problem', err)}") from None
+        text, data = read_yaml(path)
+        data = data or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a recipe must be a mapping of field: value, got {type(data).__name__}")
         lines = _key_lines(text)

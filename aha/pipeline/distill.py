@@ -34,7 +34,7 @@ from aha.eval.samplers import make_sampler
 from aha.pipeline.sample import rejection_sample
 from aha.pipeline.traces import generate_traces
 from aha.run import RunLayout, resolve_model_source
-from aha.utils.io import JsonlFile, atomic_write_json
+from aha.utils.io import JsonlFile, atomic_write_json, file_sha256
 
 PROMPT_FIELDS = ("prompt_template", "system_prompt", "question_template", "prefill", "use_chat_template")
 
@@ -168,12 +168,6 @@ def distill(config: DistillConfig, console: Console) -> dict[str, Any]:
     return summary
 
 
-def file_sha(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def train(config: DistillConfig, student: SFTConfig | GRPOConfig, console: Console, data: Path) -> dict[str, Any]:
@@ -183,7 +177,7 @@ def train(config: DistillConfig, student: SFTConfig | GRPOConfig, console: Conso
 
     layout = RunLayout(student.output_dir)
     source = layout.root / "distill-source.json"
-    made_from = {"kept_sha256": file_sha(data), "method": config.method}
+    made_from = {"kept_sha256": file_sha256(data), "method": config.method}
     stored = json.loads(source.read_text(encoding="utf-8")) if source.exists() else None
     if layout.holds_run() and stored != made_from:
         console.log(f"{layout.root}: trained on other (or unknown) traces; training again")

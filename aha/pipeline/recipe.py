@@ -31,6 +31,7 @@ import yaml
 from aha.config import ConfigError, EvalConfig, GRPOConfig, SFTConfig, load_config, parse_override
 from aha.config.distill import DistillConfig
 from aha.config.generate import GenerateConfig, SampleConfig
+from aha.config.loading import read_yaml
 from aha.config.pipeline import MixConfig
 
 KINDS: dict[str, type] = {"sft": SFTConfig, "grpo": GRPOConfig, "generate": GenerateConfig, "sample": SampleConfig,
@@ -111,18 +112,8 @@ def parse(path: str | Path, overrides: list[str] | None = None) -> Pipeline:
     """Read and check a recipe (see the module docstring); ``overrides`` are ``output_dir=D`` and
     ``STAGE.field=value``. Raises :class:`ConfigError` naming the file, line, stage and field."""
     path = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
-        root = yaml.compose(text)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: pipeline recipe not found") from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise ConfigError(f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML: "
-                          f"{getattr(err, 'problem', err)}") from None
+    text, data = read_yaml(path, "pipeline recipe")
+    root = yaml.compose(text)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a pipeline recipe is a mapping with a `stages` list")
     top = _lines(root, path)

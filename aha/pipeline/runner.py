@@ -30,7 +30,7 @@ from aha.config import ConfigError, config_to_dict
 from aha.pipeline import cost
 from aha.pipeline.recipe import INPUT_FIELDS, Pipeline, Stage, is_local_path
 from aha.run import RunLayout
-from aha.utils.io import atomic_write_json, remove_directory
+from aha.utils.io import atomic_write_json, file_sha256, remove_directory
 
 MANIFEST = "pipeline.json"
 STATUSES = ("pending", "running", "done", "failed")
@@ -42,19 +42,13 @@ def _hash_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def path_hash(path: Path) -> str | None:
     """Content hash of a file; of a folder, the names, sizes and modification times of its files (model
     weights are not re-read on every run); None when it does not exist."""
     if path.is_file():
-        return _file_hash(path)
+        return file_sha256(path)
     if path.is_dir():
         listing = sorted(f"{p.relative_to(path)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
                          for p in path.rglob("*") if p.is_file())
@@ -67,14 +61,14 @@ def output_hash(stage: Stage) -> str | None:
     hash of its result files."""
     output = Path(stage.output)
     if output.is_file():
-        return _file_hash(output)
+        return file_sha256(output)
     if stage.kind in ("sft", "grpo"):
         checkpoint = RunLayout(output).latest_checkpoint()
         if checkpoint is not None and (checkpoint / "manifest.json").is_file():
-            return _file_hash(checkpoint / "manifest.json")
+            return file_sha256(checkpoint / "manifest.json")
     for name in ("results.json", "summary.json"):
         if (output / name).is_file():
-            return _file_hash(output / name)
+            return file_sha256(output / name)
     return path_hash(output)
 
 

@@ -17,7 +17,6 @@ that fills up during one leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import random
 import shutil
@@ -30,7 +29,7 @@ from safetensors.torch import load_file, load_model, save_model
 
 from aha.models import is_peft, save_hf_folder
 from aha.run.layout import ADAPTER_DIR, MANIFEST_FILE, MODEL_DIR, STATE_FILE, RunLayout
-from aha.utils.io import atomic_directory, remove_directory
+from aha.utils.io import atomic_directory, file_sha256, remove_directory
 
 
 class DiskFullError(RuntimeError):
@@ -109,16 +108,10 @@ def check_disk_space(layout: RunLayout, model, modules=None) -> None:
                             f"({latest or 'none'}) is intact; free some space, then resume")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_manifest(folder: Path) -> None:
-    files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+    files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE}
     (folder / MANIFEST_FILE).write_text(json.dumps({"files": files}, indent=1) + "\n", encoding="utf-8")
 
@@ -138,7 +131,7 @@ def checkpoint_problem(path: Path) -> str | None:
             return f"{name} is missing"
         if file.stat().st_size != expected["bytes"]:
             return f"{name} has {file.stat().st_size} bytes, the manifest says {expected['bytes']}"
-        if _sha256(file) != expected["sha256"]:
+        if file_sha256(file) != expected["sha256"]:
             return f"{name} does not match its checksum"
     return None
 

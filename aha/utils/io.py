@@ -6,6 +6,8 @@ run killed at any moment, sees the old content or the new one, never half of it.
 
 from __future__ import annotations
 
+import hashlib
+
 import contextlib
 import json
 import math
@@ -14,6 +16,15 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
