@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from aha.analysis.reflection import ReflectionCounter
 from aha.analysis.report import build_report
 from aha.cli import main
 
@@ -84,8 +85,10 @@ def chromium() -> str | None:
 
 
 @pytest.mark.skipif(chromium() is None, reason="needs Chromium (.ci/run installs Debian's chromium)")
-def test_the_page_works_in_a_real_browser(tmp_path):
-    run = fake_run(tmp_path / "run")
+def test_the_page_of_a_real_run_works_in_a_real_browser(tmp_path, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    run = tmp_path / "run"  # a real (tiny) training run: what aha train writes is what the page reads
+    assert main(["train", "recipes/zero-tiny.yaml", f"output_dir={run}", "max_steps=3", "save_steps=0"]) == 0
     page = build_report([str(run)])
     flags = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
              "--enable-logging=stderr", "--v=0", f"--user-data-dir={tmp_path / 'profile'}"]
@@ -98,9 +101,11 @@ def test_the_page_works_in_a_real_browser(tmp_path):
     assert found, dom.stdout[-2000:]
     samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     right = sum(s["reward/accuracy"] > 0 for s in samples)
-    reflective = sum("Wait" in s["completion"] for s in samples)
+    counter = ReflectionCounter()
+    reflective = sum(bool(counter.spans(s["completion"])) for s in samples)
+    assert len(samples) == 3 * 8  # every completion of the 3 steps
     assert found.group(1) == f"rollouts-0:{len(samples)},{right},{len(samples) - right},{reflective}"
-    assert dom.stdout.count("data:image/png;base64,") == 8
+    assert dom.stdout.count("data:image/png;base64,") >= 5  # reward, length, reflection, entropy, ... held-out
     shot = tmp_path / "report.png"
     subprocess.run([*flags, "--window-size=1280,2200", f"--screenshot={shot}", f"file://{page}"],
                    capture_output=True, timeout=120, check=True)
