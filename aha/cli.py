@@ -31,14 +31,21 @@ def _run_recipe(args: argparse.Namespace) -> int:
     """``aha train|sft|distill [RECIPE.yaml] [key=value ...]``: load the config, then run the command."""
     recipe, overrides = _split_recipe(args.settings)
     config = load_config(args.config_class, recipe, overrides)
-    if args.command == "train":
-        from aha.trainer import rl_trainer
+    if args.command in ("train", "sft"):
+        from aha.run import init_world, leave_world
 
-        rl_trainer(config).fit()
-    elif args.command == "sft":
-        from aha.trainer.sft import SFTTrainer
+        init_world(config.device)  # several processes when launched by torchrun; else one
+        try:
+            if args.command == "train":
+                from aha.trainer import rl_trainer
 
-        SFTTrainer.from_config(config).fit()
+                rl_trainer(config).fit()
+            else:
+                from aha.trainer.sft import SFTTrainer
+
+                SFTTrainer.from_config(config).fit()
+        finally:
+            leave_world()
     else:
         from aha.pipeline.distill import distill
         from aha.utils.console import make_console
@@ -482,9 +489,14 @@ def main(argv: list[str] | None = None) -> int:
     from aha.run import DiskFullError, RunDirError
     from aha.trainer.core import NonFiniteError
 
+    from aha.run.world import WorldError, launched_ranks
+
     try:
+        if launched_ranks() > 1 and args.command not in ("train", "sft"):
+            raise WorldError(f"aha {args.command} runs as one process; of the commands only train and sft run on "
+                             "several (torchrun --nproc_per_node N -m aha train|sft ...)")
         return args.func(args)
-    except (ConfigError, DataError, ModelLoadError, RunDirError) as err:
+    except (ConfigError, DataError, ModelLoadError, RunDirError, WorldError) as err:
         print(f"aha: error: {err}", file=sys.stderr)
         return 2
     except (IncompleteError, ServerError, DiskFullError, NonFiniteError) as err:

@@ -111,6 +111,9 @@ class SamplingSection(Config):
     """Strings that end a completion besides the end-of-sequence token, e.g. [</answer>]."""
     generation_batch_size: int = 64
     """Sequences generated together (prompts x samples per prompt; memory bound)."""
+    decode_loop: bool = True
+    """Sample with aha's decode loop (a row that has ended stops costing compute); false: with
+    ``transformers.generate`` (for a model whose cache the loop does not handle)."""
 
     def check(self) -> None:
         self.require_positive("max_completion_length", "generation_batch_size")

@@ -53,7 +53,7 @@ class LocalSampler:
             torch.set_num_threads(config.threads)
         self.model_path = resolve_model_source(config.model)
         model, self.tokenizer = load_model(self.model_path, dtype=config.dtype, device=config.device, seed=config.seed)
-        self.backend = HFBackend(model, self.tokenizer, config.generation_batch_size)
+        self.backend = HFBackend(model, self.tokenizer, config.generation_batch_size, config.decode_loop)
         self.builder = _builder(self.tokenizer, config)
 
     def prompts(self, questions: list[str]) -> list[Prompt]:

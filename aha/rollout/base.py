@@ -46,8 +46,10 @@ class GenerationBackend(Protocol):
     """The token id that pads prompts and completions in training batches."""
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams, prefill: str = "",
-                 num_samples: int = 1) -> list[Generation]:
-        """``num_samples`` completions of each prompt, laid out prompt after prompt."""
+                 num_samples: int = 1, seeds: list[int] | None = None) -> list[Generation]:
+        """``num_samples`` completions of each prompt, laid out prompt after prompt. ``seeds`` (one per
+        completion, same layout), where the engine supports them, make each completion a function of its
+        seed alone, whatever else is in the batch."""
         ...
 
     def sync_weights(self) -> None:

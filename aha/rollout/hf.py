@@ -1,13 +1,21 @@
-"""Generation with ``transformers``: batched sampling with the KV cache, on CPU or GPU.
+"""Generation with a ``transformers`` model: batched sampling with the KV cache, on CPU or GPU.
 
 The G completions of a prompt share its prefix: the prompt is run through the model once, its KV cache
-is repeated G times, and only the new tokens are computed for each sample.
+is repeated G times, and only the new tokens are computed for each sample. The decode loop then runs one
+forward per token over the rows still going: a row that ends (end token or stop string) stops costing
+compute once a quarter of the batch has ended and the ended rows are dropped from the batch and its cache
+(``transformers.generate``, the alternative, computes every row until the longest ends).
+
+With a seed per completion, each row samples from its own random stream (inverse-CDF sampling with one
+uniform number per row and token), so a completion depends on its seed and the model only — not on which
+other prompts share its batch, or on how many processes split the step's prompts.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase,
+                          TopPLogitsWarper)
 
 from aha.models import cache_keyword, output_cache
 from aha.rollout.base import Generation, SamplingParams
@@ -37,13 +45,42 @@ class _TokenLogprobs(LogitsProcessor):
         return torch.stack(self.picked, dim=1).tolist() if self.picked else []
 
 
+class _SeededSampling(LogitsProcessor):
+    """Sampling under greedy decoding: each row's next token is drawn from softmax(logits / temperature),
+    top-p truncated, by inverse CDF with one uniform number from the row's own generator; the returned
+    scores are -inf except at the drawn token, so generate()'s argmax picks it."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device: torch.device):
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        self.temperature = temperature
+        self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
+
+    def select(self, rows: list[int]) -> None:
+        """Keep the generators of these batch rows only (the others' rows left the batch)."""
+        self.generators = [self.generators[r] for r in rows]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logits = scores.float() / self.temperature  # [batch, vocab]
+        if self.top_p is not None:
+            logits = self.top_p(input_ids, logits)
+        cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)  # [batch, vocab]
+        uniform = torch.cat([torch.rand(1, generator=g, device=g.device) for g in self.generators])  # [batch]
+        drawn = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None].to(cdf.dtype))  # [batch, 1]
+        drawn = drawn.clamp(max=cdf.shape[1] - 1)
+        picked = torch.full_like(scores, float("-inf"))
+        return picked.scatter_(1, drawn, 0.0)
+
+
 class HFBackend:
     """Samples from the training model itself (weights shared, so ``sync_weights`` has nothing to do)."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 64):
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 64,
+                 decode_loop: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.decode_loop = decode_loop
+        """The project's decode loop (ended rows leave the batch); False: ``transformers.generate``."""
         eos = model.generation_config.eos_token_id
         eos_ids = eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id]
         self.eos_ids = {i for i in eos_ids if i is not None} | {tokenizer.eos_token_id}
@@ -55,21 +92,26 @@ class HFBackend:
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams, prefill: str = "",
-                 num_samples: int = 1) -> list[Generation]:
-        """``num_samples`` completions of each prompt, laid out prompt after prompt."""
+                 num_samples: int = 1, seeds: list[int] | None = None) -> list[Generation]:
+        """``num_samples`` completions of each prompt, laid out prompt after prompt; ``seeds``: one per
+        completion (same layout), each completion then sampled from its own random stream."""
+        if seeds is not None and len(seeds) != len(prompt_ids) * num_samples:
+            raise ValueError(f"{len(seeds)} seeds for {len(prompt_ids)} prompts x {num_samples} samples")
         was_training = self.model.training
         self.model.eval()
         try:
             per_call = max(1, self.batch_size // num_samples)
             out: list[Generation] = []
             for start in range(0, len(prompt_ids), per_call):
-                out.extend(self._generate_batch(prompt_ids[start : start + per_call], params, prefill, num_samples))
+                batch_seeds = None if seeds is None else seeds[start * num_samples: (start + per_call) * num_samples]
+                out.extend(self._generate_batch(prompt_ids[start : start + per_call], params, prefill, num_samples,
+                                                batch_seeds))
             return out
         finally:
             self.model.train(was_training)
 
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, prefill: str,
-                        num_samples: int) -> list[Generation]:
+                        num_samples: int, seeds: list[int] | None = None) -> list[Generation]:
         device = next(self.model.parameters()).device
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long, device=device)
@@ -77,24 +119,111 @@ class HFBackend:
         for row, ids in enumerate(prompts):  # left padding: every completion starts at column `width`
             input_ids[row, width - len(ids) :] = torch.tensor(ids, device=device)
             attention_mask[row, width - len(ids) :] = 1
-        extra = {}
-        if num_samples > 1 and width > 1:
+        prefix_cache = None
+        if width > 1 and (num_samples > 1 or self.decode_loop):
             # Run the shared prompt (all but its last token) once, then copy its cache for each sample.
             prefix = self.model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
                                 position_ids=(attention_mask[:, :-1].cumsum(1) - 1).clamp(min=0), use_cache=True)
-            cache = output_cache(prefix)
-            cache.batch_repeat_interleave(num_samples)
-            extra[self.cache_kw] = cache
+            prefix_cache = output_cache(prefix)
+            if num_samples > 1:
+                prefix_cache.batch_repeat_interleave(num_samples)
         input_ids = input_ids.repeat_interleave(num_samples, dim=0)
         attention_mask = attention_mask.repeat_interleave(num_samples, dim=0)
+        if self.decode_loop:
+            return self._decode(input_ids, attention_mask, prefix_cache, params, prefill, seeds)
+        return self._generate(input_ids, attention_mask, prefix_cache, params, prefill, seeds)
+
+    def _decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, params: SamplingParams,
+                prefill: str, seeds: list[int] | None) -> list[Generation]:
+        """The decode loop: one forward of the last tokens per step with the KV cache; a row ends at an end
+        token or a stop string (checked on the text of its last tokens: a stop string counts within the
+        completion, where ``transformers`` also matches one that starts in the prompt); when a quarter of the
+        batch has ended, those rows leave the batch and its cache, so the compute follows the rows still going."""
+        rows = input_ids.shape[0]
+        device = input_ids.device
+        temperature = params.temperature
+        sampler = _SeededSampling(seeds, temperature, params.top_p, device) if seeds and temperature > 0 else None
+        top_p = TopPLogitsWarper(params.top_p) if temperature > 0 and params.top_p < 1.0 else None
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        logprobs: list[list[float]] = [[] for _ in range(rows)]
+        reasons = ["length"] * rows
+        origin = list(range(rows))  # the original row of each batch row
+        live = [True] * rows  # batch rows still generating (ended rows stay until the batch is compacted)
+        tail = max((len(s) for s in params.stop), default=0)  # tokens to decode for the stop check (>= 1 char each)
+        next_ids = input_ids[:, -1:]  # [b, 1]
+        positions = attention_mask.sum(dim=1, keepdim=True) - 1  # [b, 1] the position of each row's last token
+        mask = attention_mask
+        for _ in range(params.max_new_tokens):
+            inputs = {self.cache_kw: cache} if cache is not None else {}
+            out = self.model(input_ids=next_ids, attention_mask=mask, position_ids=positions, use_cache=True, **inputs)
+            cache = output_cache(out)
+            logits = out.logits[:, -1, :].float()  # [b, V]
+            if temperature <= 0:
+                picked = logits.argmax(dim=-1)
+            elif sampler is not None:
+                picked = sampler(next_ids, logits).argmax(dim=-1)
+            else:
+                scaled = logits / temperature
+                scaled = top_p(next_ids, scaled) if top_p is not None else scaled
+                picked = torch.multinomial(torch.softmax(scaled, dim=-1), 1).squeeze(1)
+            chosen = picked.tolist()
+            if params.logprobs:
+                scale = temperature if temperature > 0 else 1.0
+                picked_logprobs = torch.log_softmax(logits / scale, dim=-1).gather(1, picked[:, None]).squeeze(1)
+                picked_logprobs = picked_logprobs.tolist()
+            for b, row in enumerate(origin):
+                if not live[b]:
+                    continue
+                tokens[row].append(chosen[b])
+                if params.logprobs:
+                    logprobs[row].append(picked_logprobs[b])
+                if chosen[b] in self.eos_ids:
+                    live[b], reasons[row] = False, "stop"
+                elif tail and any(s in self.tokenizer.decode(tokens[row][-tail:]) for s in params.stop):
+                    # as transformers: the stop string ends in the last token, which may run past it
+                    live[b], reasons[row] = False, "stop"
+            if not any(live):
+                break
+            ended = live.count(False)
+            if ended * 4 >= len(live):  # drop the ended rows from the batch and the cache
+                keep = torch.tensor([b for b, alive in enumerate(live) if alive], dtype=torch.long, device=device)
+                cache.batch_select_indices(keep)
+                mask, picked, positions = mask[keep], picked[keep], positions[keep]
+                origin = [origin[b] for b in keep.tolist()]
+                live = [True] * len(origin)
+                if sampler is not None:
+                    sampler.select(keep.tolist())
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            next_ids = picked[:, None]
+            positions = positions + 1
+        generations = []
+        for row in range(rows):
+            text = self.tokenizer.decode(tokens[row], skip_special_tokens=True)
+            generations.append(Generation(tokens[row], prefill + text, reasons[row],
+                                          logprobs[row] if params.logprobs else None))
+        return generations
+
+    def _generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, params: SamplingParams,
+                  prefill: str, seeds: list[int] | None) -> list[Generation]:
+        """The same through ``transformers.generate`` (``decode_loop=False``)."""
+        device = input_ids.device
+        width = input_ids.shape[1]
+        extra = {} if cache is None else {self.cache_kw: cache}
         sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
-        if params.temperature <= 0:
-            sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        if params.stop:
-            extra.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        greedy = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        processors: list[LogitsProcessor] = []
         recorder = _TokenLogprobs(params.temperature) if params.logprobs else None
         if recorder is not None:
-            extra["logits_processor"] = LogitsProcessorList([recorder])
+            processors.append(recorder)  # first: it records the unprocessed logits
+        if params.temperature <= 0:
+            sampling = greedy
+        elif seeds is not None:
+            sampling = greedy  # the draw is made by the seeded processor; argmax then picks it
+            processors.append(_SeededSampling(seeds, params.temperature, params.top_p, device))
+        if params.stop:
+            extra.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        if processors:
+            extra["logits_processor"] = LogitsProcessorList(processors)
         sequences = self.model.generate(
             input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=params.max_new_tokens,
             eos_token_id=sorted(self.eos_ids), pad_token_id=self.pad_id, use_cache=True, **sampling, **extra,

@@ -75,12 +75,14 @@ class OpenAIBackend:
 
     # --- whole batches -----------------------------------------------------------------------------
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams, prefill: str = "",
-                 num_samples: int = 1) -> list[Generation]:
-        """The :class:`~aha.rollout.base.GenerationBackend` interface: token ids in (needs a tokenizer)."""
+                 num_samples: int = 1, seeds: list[int] | None = None) -> list[Generation]:
+        """The :class:`~aha.rollout.base.GenerationBackend` interface: token ids in (needs a tokenizer).
+        ``seeds`` (one per completion): each prompt's first one is sent as the request seed."""
         if self.tokenizer is None:
             raise ValueError("OpenAIBackend.generate(prompt_ids) needs a tokenizer; use generate_text for text prompts")
         prompts = [self.tokenizer.decode(ids) for ids in prompt_ids]
-        return self.generate_text(prompts, params, prefill, num_samples)
+        per_prompt = None if seeds is None else seeds[::num_samples]
+        return self.generate_text(prompts, params, prefill, num_samples, per_prompt)
 
     def generate_text(self, prompts: list[str], params: SamplingParams, prefill: str = "", num_samples: int = 1,
                       seeds: list[int] | None = None) -> list[Generation]:

@@ -19,6 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
+from aha.run.world import current_world
 from aha.utils.io import remove_partial_directories
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -106,14 +107,22 @@ class RunLayout:
 
 def open_run_dir(output_dir: str, resume: bool, default_prefix: str = "runs/") -> RunLayout:
     """The run directory to write: a new one, or with ``resume`` an existing one to continue. Refuses to
-    start a new run over an existing one. Leftovers of a process killed while writing are removed."""
-    layout = RunLayout(output_dir or time.strftime(f"{default_prefix}%Y%m%d-%H%M%S"))
-    if not resume and layout.holds_run():
-        raise RunDirError(f"{layout.root} already holds a run; continue it with resume=true, or pick another "
-                          "output_dir")
-    layout.root.mkdir(parents=True, exist_ok=True)
-    remove_partial_directories(layout.checkpoints)
-    remove_partial_directories(layout.root)
+    start a new run over an existing one. Leftovers of a process killed while writing are removed. In a
+    distributed run rank 0 names, checks and prepares it, and every rank gets the same answer."""
+    world = current_world()
+    layout = RunLayout(world.broadcast(output_dir or time.strftime(f"{default_prefix}%Y%m%d-%H%M%S")))
+    problem = None
+    if world.is_main:
+        if not resume and layout.holds_run():
+            problem = (f"{layout.root} already holds a run; continue it with resume=true, or pick another "
+                       "output_dir")
+        else:
+            layout.root.mkdir(parents=True, exist_ok=True)
+            remove_partial_directories(layout.checkpoints)
+            remove_partial_directories(layout.root)
+    problem = world.broadcast(problem)
+    if problem:
+        raise RunDirError(problem)
     return layout
 
 

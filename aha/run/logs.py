@@ -13,14 +13,27 @@ from aha.run.layout import RunLayout
 from aha.utils.io import JsonlFile, atomic_write_json, atomic_write_text, jsonl_text
 
 
-class RunLogs:
-    """metrics.jsonl, samples.jsonl, eval.jsonl and the per-evaluation sample files of one run."""
+class _ReadOnlyJsonl(JsonlFile):
+    """A log another process writes: read as usual, appends and cuts ignored."""
 
-    def __init__(self, layout: RunLayout):
+    def append(self, *records: dict[str, Any]) -> None:
+        return None
+
+    def truncate(self, size: int) -> None:
+        return None
+
+
+class RunLogs:
+    """metrics.jsonl, samples.jsonl, eval.jsonl and the per-evaluation sample files of one run. With
+    ``write=False`` (every rank of a distributed run but rank 0) nothing is written: the logs are written once."""
+
+    def __init__(self, layout: RunLayout, write: bool = True):
         self.layout = layout
-        self.metrics = JsonlFile(layout.metrics)
-        self.samples = JsonlFile(layout.samples)
-        self.evals = JsonlFile(layout.evals)
+        self.write = write
+        kind = JsonlFile if write else _ReadOnlyJsonl
+        self.metrics = kind(layout.metrics)
+        self.samples = kind(layout.samples)
+        self.evals = kind(layout.evals)
 
     def _files(self) -> dict[str, JsonlFile]:
         return {"metrics": self.metrics, "samples": self.samples, "evals": self.evals}
@@ -33,13 +46,19 @@ class RunLogs:
         """Cut every log back to ``sizes`` and drop evaluation samples of steps after ``step``."""
         for name, log in self._files().items():
             log.truncate(sizes.get(name, 0))
+        if not self.write:
+            return
         for eval_step, path in self.layout.eval_sample_files():
             if eval_step > step:
                 path.unlink(missing_ok=True)
 
     def write_eval_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
         """Every completion of the evaluation at ``step``, replacing an earlier file of the same step."""
+        if not self.write:
+            return
         atomic_write_text(self.layout.eval_samples(step), jsonl_text(samples))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
+        if not self.write:
+            return
         atomic_write_json(self.layout.summary, summary)

@@ -38,7 +38,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from aha.config import config_to_dict, save_config
-from aha.run import RunLayout, RunLogs, checkpoint_problem, load_checkpoint, save_checkpoint
+from aha.run import RunLayout, RunLogs, World, checkpoint_problem, current_world, load_checkpoint, save_checkpoint
 from aha.run.trackers import Trackers
 from aha.utils.console import make_console
 from aha.utils.io import remove_directory
@@ -91,11 +91,13 @@ def set_determinism(deterministic: bool, threads: int = 0) -> None:
 class Policy:
     """The model being trained, with its tokenizer, optimiser and learning-rate schedule."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, optimizer: torch.optim.Optimizer, scheduler):
+    def __init__(self, model: torch.nn.Module, tokenizer, optimizer: torch.optim.Optimizer, scheduler,
+                 world: World | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.optimizer = optimizer
         self.scheduler = scheduler
+        self.world = world or current_world()
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.skipped = False
 
@@ -113,7 +115,9 @@ class Policy:
     def step(self, max_grad_norm: float, loss: float | None = None) -> float:
         """Clip the gradient norm (0: no clipping), take an optimiser and a scheduler step; returns the
         norm before clipping. A non-finite loss or gradient skips the update (gradients dropped, weights,
-        optimiser and schedule untouched) and sets ``skipped``."""
+        optimiser and schedule untouched) and sets ``skipped``. In a distributed run the gradients are first
+        summed over ranks (``loss``: already the global one), so every rank takes the same step."""
+        self.world.all_reduce_gradients(self.params)
         grads = [p for p in self.params if p.grad is not None]
         norm = 0.0
         if grads:
@@ -162,8 +166,11 @@ class Trainer:
         self.config = config
         self.layout = layout
         self.policy = policy
+        self.world = current_world()
         self.console = console or make_console()
-        self.logs = RunLogs(layout)
+        if not self.world.is_main:  # one process speaks and writes for the run
+            self.console = Console(quiet=True)
+        self.logs = RunLogs(layout, write=self.world.is_main)
         self.train_seconds = 0.0
         self.trackers: Trackers | None = None
 
@@ -206,13 +213,15 @@ class Trainer:
         """Train to ``max_steps`` (or the time limit), resuming when asked; returns summary.json's content."""
         c = self.config
         start, finished = self.restore() if c.resume else (0, False)
-        if start == 0:
-            self.layout.clear()
-        save_config(c, self.layout.config)
+        if self.world.is_main:
+            if start == 0:
+                self.layout.clear()
+            save_config(c, self.layout.config)
+        self.world.barrier()
         if finished:
             self.console.log(f"{self.layout.root}: the run finished at step {start}; nothing left to do")
             return self.summarise(start)
-        if getattr(c, "report_to", None):
+        if getattr(c, "report_to", None) and self.world.is_main:
             self.trackers = Trackers(c.report_to, self.layout.root, config_to_dict(c))
         try:
             return self._loop(start)
@@ -242,10 +251,11 @@ class Trainer:
                 self.console.log(self.describe_step(step, result.metrics))
                 progress.update(bar, advance=1, status=self.progress_status(result.metrics))
                 self.check_numerics(step, result.metrics)
-                if stop.requested:
-                    stopped = stop.signal_name
+                if self.world.any(stop.requested):  # every rank stops after the same step
+                    stopped = stop.signal_name or "a signal to another process"
                     break
-                out_of_time = bool(c.max_train_minutes) and self.train_seconds > 60 * c.max_train_minutes
+                out_of_time = self.world.any(bool(c.max_train_minutes) and
+                                             self.train_seconds > 60 * c.max_train_minutes)
                 spent = self.budget_spent()
                 if step == c.max_steps or out_of_time or spent:
                     if out_of_time:
@@ -294,17 +304,25 @@ class Trainer:
 
     # --- checkpoints -------------------------------------------------------------------------------
     def save(self, step: int, finished: bool = False):
+        """Checkpoint ``step``; in a distributed run rank 0 writes it (the weights and optimiser state are the
+        same on every rank) while the others wait, and it loads on any number of ranks."""
         p = self.policy
-        state = {"train_seconds": self.train_seconds, "log_sizes": self.logs.sizes(), "finished": finished,
-                 "trainer": self.trainer_state()}
-        return save_checkpoint(self.layout, step, model=p.model, tokenizer=p.tokenizer, optimizer=p.optimizer,
-                               scheduler=p.scheduler, modules=self.modules(), state=state,
-                               keep=self.config.keep_checkpoints)
+        path = self.layout.checkpoint(step)
+        if self.world.is_main:
+            state = {"train_seconds": self.train_seconds, "log_sizes": self.logs.sizes(), "finished": finished,
+                     "trainer": self.trainer_state(), "world_size": self.world.world_size}
+            path = save_checkpoint(self.layout, step, model=p.model, tokenizer=p.tokenizer, optimizer=p.optimizer,
+                                   scheduler=p.scheduler, modules=self.modules(), state=state,
+                                   keep=self.config.keep_checkpoints)
+        self.world.barrier()
+        return path
 
     def restore(self) -> tuple[int, bool]:
         """Load the latest checkpoint and cut the logs back to it: (its step, whether the run had finished).
         Without a checkpoint the run starts again from step 0 in a clean directory."""
-        path = self.trusted_checkpoint()
+        path = self.trusted_checkpoint() if self.world.is_main else None
+        path = self.world.broadcast(None if path is None else str(path))
+        path = None if path is None else Path(path)
         if path is None:
             self.console.log(f"resume: no checkpoint in {self.layout.root}; starting again from step 0")
             return 0, False
@@ -313,7 +331,8 @@ class Trainer:
                                 modules=self.modules())
         self.train_seconds = state.get("train_seconds", 0.0)
         self.logs.restore(state.get("log_sizes", {}), state["step"])
-        self.layout.summary.unlink(missing_ok=True)
+        if self.world.is_main:
+            self.layout.summary.unlink(missing_ok=True)
         self.load_trainer_state(state.get("trainer", {}))
         self.console.log(f"resumed from {path} at step {state['step']}")
         return state["step"], bool(state.get("finished")) and state["step"] >= self.config.max_steps

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,7 @@ from aha.eval.heldout import evaluate_heldout
 from aha.models import is_peft
 from aha.rewards import RewardTerm, follows_format, score
 from aha.rollout import Generation, GenerationBackend, HFBackend, SamplingParams
-from aha.run import RunLayout, open_run_dir
+from aha.run import RunLayout, World, current_world, open_run_dir
 from aha.trainer.core import EvalResult, Policy, StepResult, Trainer, build_policy, seed_everything, set_determinism
 from aha.trainer.forward import completion_logits
 from aha.trainer.preflight import Inputs, check_inputs
@@ -57,17 +58,22 @@ class GRPOTrainer(Trainer):
         self.reference = reference
         self.prompts = PromptBuilder.from_config(policy.tokenizer, config)
         self.grader = grade_spec(task.reward, task.reward_options)
+        self.timing: dict[str, float] = {}  # seconds per phase of the current step
 
     @classmethod
     def from_config(cls, config: GRPOConfig, *, task: Task | None = None, console=None) -> "GRPOTrainer":
         """Check every input (task, rewards, model) before anything heavy, then build the run: directory,
         policy, generation backend, reference model."""
         inputs: Inputs = check_inputs(config, task)
+        world = current_world()
+        if world.world_size > config.prompts_per_step:
+            raise config.error("prompts_per_step", f"{config.prompts_per_step} prompts cannot be split over "
+                                                   f"{world.world_size} processes: each samples whole groups")
         layout = open_run_dir(config.output_dir, config.resume)
         set_determinism(config.deterministic, config.threads)
         seed_everything(config.seed)
         policy = build_policy(config, config.max_steps * config.num_iterations, inputs.model_source)
-        backend = HFBackend(policy.model, policy.tokenizer, config.generation_batch_size)
+        backend = HFBackend(policy.model, policy.tokenizer, config.generation_batch_size, config.decode_loop)
         reference = None
         if config.beta > 0 and not is_peft(policy.model):  # LoRA: the reference is the base model
             reference = copy.deepcopy(policy.model).eval().requires_grad_(False)
@@ -97,19 +103,36 @@ class GRPOTrainer(Trainer):
         return {k: v for k, v in stats.items() if v is not None}
 
     # --- one step ----------------------------------------------------------------------------------
-    def rollout(self, indices: list[int]) -> Rollouts:
-        """Sample a group of completions for each of the task's examples ``indices`` and score them."""
+    def rollout(self, indices: list[int], step: int) -> Rollouts:
+        """Sample a group of completions for each of the task's examples ``indices`` and score them. Each
+        completion has a seed of its own (run seed, step, example, sample), so it does not depend on the
+        batch it was sampled in. In a distributed run each rank samples and scores a contiguous share of the
+        groups, and every rank gets all of them back, in order."""
+        share = self.world.share(len(indices))
+        local = self._rollout_share([indices[i] for i in share], step)
+        if not self.world.distributed:
+            return local
+        parts = self.world.gather([local])
+        return sum(parts[1:], parts[0])
+
+    def _rollout_share(self, indices: list[int], step: int) -> Rollouts:
         c = self.config
         examples = [self.task.example(i) for i in indices]
         prompt_ids, cut = self._tokenize_prompts([ex["question"] for ex in examples])
         params = SamplingParams(c.max_completion_length, c.temperature, c.top_p, tuple(c.stop_strings),
                                 logprobs=c.engine_ratio_cap > 0)
-        generations = self.backend.generate(prompt_ids, params, self.prompts.prefill, num_samples=c.group_size)
+        seeds = [completion_seed(c.seed, step, i, j) for i in indices for j in range(c.group_size)]
+        t0 = time.perf_counter()
+        generations = self.backend.generate(prompt_ids, params, self.prompts.prefill, num_samples=c.group_size,
+                                            seeds=seeds)
+        t_generated = time.perf_counter()
         completions = [g.text for g in generations]
         keys = sorted({k for ex in examples for k in ex})
         columns = {k: [ex.get(k) for ex in examples for _ in range(c.group_size)] for k in keys}
         columns["completion_ids"] = [g.token_ids for g in generations]  # token lengths for length rewards
         scored = score(self.rewards, completions, columns) if self.rewards else None
+        self.timing["generation"] = self.timing.get("generation", 0.0) + t_generated - t0
+        self.timing["scoring"] = self.timing.get("scoring", 0.0) + time.perf_counter() - t_generated
         return Rollouts(list(indices), examples, prompt_ids, generations,
                         scored.total if scored else [0.0] * len(completions),
                         scored.per_reward if scored else {}, dict(scored.failures) if scored else {}, cut,
@@ -121,7 +144,7 @@ class GRPOTrainer(Trainer):
         step has prompts_per_step groups with reward spread."""
         c = self.config
         first = list(range(step * c.prompts_per_step, (step + 1) * c.prompts_per_step))
-        rollouts = self.rollout(first)
+        rollouts = self.rollout(first, step)
         if not c.dynamic_sampling:
             return rollouts, {}
         sampled = rollouts.num_groups
@@ -131,7 +154,7 @@ class GRPOTrainer(Trainer):
                 break
             # extra prompts come from an index range of their own, so a step's draw depends only on (seed, step)
             base = (c.max_steps + step * c.dynamic_sampling_rounds + extra + 1) * c.prompts_per_step
-            more = self.rollout(list(range(base, base + c.prompts_per_step)))
+            more = self.rollout(list(range(base, base + c.prompts_per_step)), step)
             sampled += more.num_groups
             kept = kept + more.select(more.informative_groups())
         kept = kept.select(list(range(min(kept.num_groups, c.prompts_per_step))))
@@ -143,6 +166,7 @@ class GRPOTrainer(Trainer):
     def train_step(self, step: int) -> StepResult:
         c = self.config
         t0 = time.perf_counter()
+        self.timing: dict[str, float] = {}  # seconds per phase of this step
         rollouts, dynamic_stats = self.sample_step(step)
         generations = rollouts.generations
         sampled = int(dynamic_stats.get("dynamic/sampled_groups", rollouts.num_groups)) * c.group_size
@@ -183,7 +207,8 @@ class GRPOTrainer(Trainer):
             **self._rollout_analytics(completions, lengths, per_reward),
             **dynamic_stats, **teacher_stats, **train_stats,
             "lr": self.policy.lr,
-            "time/step": t_done - t0, "time/generation": t_generated - t0, "time/training": t_done - t_scored,
+            "time/step": t_done - t0, "time/sampling": t_generated - t0, "time/training": t_done - t_scored,
+            **{f"time/{phase}": seconds for phase, seconds in self.timing.items()},
             "time/generated_tokens_per_s": sum(lengths) / max(t_generated - t0, 1e-9),
             "time/train_tokens_per_s": float(batch.attention_mask.sum()) / max(t_done - t_scored, 1e-9),
         }
@@ -211,7 +236,7 @@ class GRPOTrainer(Trainer):
         """On-policy distillation: each sampled token's advantage gains teacher_weight * (log p_teacher -
         log p_student), the per-token reverse KL whose expectation the student then minimises (Agarwal et al.
         2024, GKD; Thinking Machines 2025, "On-policy distillation"). Turns ``batch.advantages`` per-token."""
-        share = self.config.share_prompt_prefix and not self.config.gradient_checkpointing
+        share = self._shares_prefix()
         gap = torch.zeros_like(batch.completion_mask)  # [N, C]
         for rows in torch.arange(batch.size).split(self.config.micro_batch_size):
             mb = batch.select(rows)
@@ -234,16 +259,29 @@ class GRPOTrainer(Trainer):
         c = self.config
         num_sequences, num_tokens = batch.size, float(batch.completion_mask.sum())
         beta = self.loss_beta
-        micro = [batch.select(rows) for rows in self._micro_batch_rows(batch)]
+        rows = self._micro_batch_rows(batch)
+        trained_sequences = float(sum(len(r) for r in rows))
+        trained_tokens = sum(float(batch.completion_mask[r].sum()) for r in rows)
+        # data parallel: micro-batch i is trained by rank i mod world_size; gradients are summed over ranks
+        micro = [batch.select(r) for r in rows[self.world.rank :: self.world.world_size]]
+        t0 = time.perf_counter()
         if c.num_iterations > 1 or beta > 0 or (c.engine_ratio_cap > 0 and batch.engine_logprobs is not None):
             self._fill_reference_logprobs(micro)
-        stats: dict[str, float] = {"trained_sequences": float(sum(mb.size for mb in micro))}
+        self.timing["logprobs"] = time.perf_counter() - t0  # old and reference log-probs
+        self.timing["forward_backward"] = self.timing["optimizer"] = 0.0
+        prompt_tokens = batch.attention_mask[:, : batch.prompt_width].sum(dim=1).float()  # [N] real prompt tokens
+        if self._shares_prefix():  # a group's prompt runs once per micro-batch
+            prompt_work = sum(float(prompt_tokens[r[first_of_each_group(batch.group_ids[r])]].sum()) for r in rows)
+        else:
+            prompt_work = sum(float(prompt_tokens[r].sum()) for r in rows)
+        stats: dict[str, float] = {"trained_sequences": trained_sequences,
+                                   "forward_tokens": trained_tokens + prompt_work}  # through the policy, one pass
         skipped = False
         for _ in range(c.num_iterations):
             self.policy.zero_grad()
             sums: dict[str, float] = {}
             entropy_sum = 0.0
-            trained_tokens = sum(float(m.completion_mask.sum()) for m in micro)
+            t0 = time.perf_counter()
             for mb in micro:
                 logits = self._logits(self.model, mb)  # [m, C, V]
                 logprobs = token_logprobs(logits, mb.completion_ids)  # [m, C]
@@ -258,9 +296,14 @@ class GRPOTrainer(Trainer):
                 share = float(mb.completion_mask.sum()) / max(trained_tokens, 1)  # token-weighted stats
                 for k, v in mb_stats.items():
                     sums[k] = sums.get(k, 0.0) + (v if k == "loss" else v * share)
+            t_backward = time.perf_counter()
+            self.timing["forward_backward"] += t_backward - t0
+            sums = self.world.sum({**sums, "entropy_sum": entropy_sum})
+            entropy_sum = sums.pop("entropy_sum")
             grad_norm = self.policy.step(c.max_grad_norm, loss=sums.get("loss"))
             skipped = skipped or self.policy.skipped
             self.backend.sync_weights()
+            self.timing["optimizer"] += time.perf_counter() - t_backward
             stats.update(sums, grad_norm=grad_norm, entropy=entropy_sum / max(trained_tokens, 1))
         stats["nonfinite_skipped"] = int(skipped)
         return stats
@@ -293,9 +336,11 @@ class GRPOTrainer(Trainer):
             packed.append(torch.cat(current))
         return packed
 
+    def _shares_prefix(self) -> bool:
+        return self.config.share_prompt_prefix and not self.config.gradient_checkpointing
+
     def _logits(self, model: torch.nn.Module, mb: TrainBatch) -> torch.Tensor:
-        share = self.config.share_prompt_prefix and not self.config.gradient_checkpointing
-        return completion_logits(model, mb, temperature=self.config.temperature, share_prefix=share)
+        return completion_logits(model, mb, temperature=self.config.temperature, share_prefix=self._shares_prefix())
 
     @torch.no_grad()
     def _fill_reference_logprobs(self, micro: list[TrainBatch]) -> None:
@@ -317,7 +362,8 @@ class GRPOTrainer(Trainer):
         examples = self.task.eval_examples()
         if not c.eval_size or not examples:
             return None
-        result = evaluate_heldout(self.backend, self.prompts, examples, c.max_completion_length,
+        backend = ShardedBackend(self.backend, self.world) if self.world.distributed else self.backend
+        result = evaluate_heldout(backend, self.prompts, examples, c.max_completion_length,
                                   tuple(c.stop_strings), self.grader)
         return EvalResult({"size": len(result.samples), **result.metrics()}, result.samples, result.line())
 
@@ -410,6 +456,25 @@ class Rollouts:
                         self.group_size)
 
 
+class ShardedBackend:
+    """A backend whose prompts are split over a distributed run's ranks: each rank generates its contiguous
+    share and every rank gets all completions back, in order."""
+
+    def __init__(self, backend: GenerationBackend, world: World):
+        self.backend, self.world = backend, world
+        self.pad_id = backend.pad_id
+
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, prefill: str = "",
+                 num_samples: int = 1, seeds: list[int] | None = None) -> list[Generation]:
+        share = self.world.share(len(prompt_ids))
+        mine = None if seeds is None else seeds[share.start * num_samples: share.stop * num_samples]
+        local = self.backend.generate(prompt_ids[share.start: share.stop], params, prefill, num_samples, seeds=mine)
+        return self.world.gather(local)
+
+    def sync_weights(self) -> None:
+        self.backend.sync_weights()
+
+
 def step_reward_tensors(task: Task, rollouts: Rollouts, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``[N, C]`` step rewards at each step's last token, and the mask of those tokens, from the task's
     ``step_rewards`` (process supervision)."""
@@ -438,6 +503,20 @@ def load_teacher(config: GRPOConfig, tokenizer) -> torch.nn.Module:
     model, _ = load_model(source, dtype=config.dtype, device=config.device, seed=config.seed,
                           tokenizer=teacher_tokenizer)
     return model.eval().requires_grad_(False)
+
+
+def first_of_each_group(group_ids: torch.Tensor) -> torch.Tensor:
+    """Positions of each group's first row: ``[2, 2, 5, 5, 5, 7]`` -> ``[0, 2, 5]``."""
+    seen: set[int] = set()
+    return torch.tensor([i for i, g in enumerate(group_ids.tolist()) if not (g in seen or seen.add(g))],
+                        dtype=torch.long)
+
+
+def completion_seed(seed: int, step: int, example: int, sample: int) -> int:
+    """The sampling seed of one completion: a fixed function of the run seed, the step, the task example and
+    the sample's place in its group, so that it is the same however the step's prompts are batched or split
+    over processes, and after a resume."""
+    return zlib.crc32(f"aha:{seed}:{step}:{example}:{sample}".encode()) & 0x7FFFFFFF
 
 
 def fill_unscored(total: list[float | None], group_size: int) -> torch.Tensor:

@@ -123,10 +123,11 @@ class PPOTrainer(GRPOTrainer):
         c = self.config
         old_values, returns = self._values, self._returns
         total_tokens = float(batch.completion_mask.sum())
-        sums: dict[str, float] = {}
         for _ in range(c.num_iterations):
+            sums: dict[str, float] = {}  # statistics of the last pass
             self.critic_optimizer.zero_grad(set_to_none=True)
-            for rows in torch.arange(batch.size).split(c.micro_batch_size):
+            chunks = torch.arange(batch.size).split(c.micro_batch_size)
+            for rows in chunks[self.world.rank :: self.world.world_size]:  # data parallel, as the policy
                 mb = batch.select(rows)
                 width = mb.completion_width
                 values = self.critic(mb)  # [m, C]
@@ -137,6 +138,8 @@ class PPOTrainer(GRPOTrainer):
                 (loss * share).backward()  # the token mean over the whole batch
                 for k, v in part.items():
                     sums[k] = sums.get(k, 0.0) + v * share
+            sums = self.world.sum(sums)
+            self.world.all_reduce_gradients([p for p in self.critic.parameters() if p.requires_grad])
             limit = c.max_grad_norm if c.max_grad_norm > 0 else float("inf")
             norm = float(torch.nn.utils.clip_grad_norm_(self.critic.parameters(), limit))
             if norm == norm and norm != float("inf"):

@@ -212,7 +212,8 @@ class SFTTrainer(Trainer):
         t0 = time.perf_counter()
         examples = self.step_examples(step)
         batches = self.micro_batches(examples)
-        total = sum(b.trained_tokens for b in batches)
+        total = sum(b.trained_tokens for b in batches)  # of the whole step: every loss is normalised by it
+        batches = batches[self.world.rank :: self.world.world_size]  # data parallel: micro-batch i on rank i mod N
         self.policy.model.train()
         self.policy.zero_grad()
         sums = {"loss": 0.0, "nll": 0.0, "kl": 0.0}
@@ -230,6 +231,7 @@ class SFTTrainer(Trainer):
             loss.backward()
             sums["loss"] += float(loss.detach())
             sums["nll"] += float(nll.detach())
+        sums = self.world.sum(sums)
         grad_norm = self.policy.step(c.max_grad_norm, loss=sums["loss"])
         elapsed = time.perf_counter() - t0
         tokens = sum(len(e) for e in examples)
@@ -251,14 +253,18 @@ class SFTTrainer(Trainer):
         was_training = self.policy.model.training
         self.policy.model.eval()
         nll, count = 0.0, 0
+        share = self.world.share(len(self.heldout))  # data parallel: each rank scores a share
+        mine = self.heldout[share.start: share.stop]
         try:
-            for i in range(0, len(self.heldout), self.config.micro_batch_size):
-                batch = pad_examples(self.heldout[i: i + self.config.micro_batch_size], self.pad_id)
+            for i in range(0, len(mine), self.config.micro_batch_size):
+                batch = pad_examples(mine[i: i + self.config.micro_batch_size], self.pad_id)
                 logp = response_logprobs(self.policy.model, batch)
                 nll -= float(logp.sum())
                 count += logp.numel()
         finally:
             self.policy.model.train(was_training)
+        totals = self.world.sum({"nll": nll, "count": float(count)})
+        nll, count = totals["nll"], int(totals["count"])
         loss = nll / max(count, 1)
         metrics = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count,
                    "examples": len(self.heldout)}

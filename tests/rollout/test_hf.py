@@ -47,3 +47,81 @@ def test_stop_strings_end_a_completion():
         if "a" in g.text:
             assert g.text.endswith("a") and g.finish_reason == "stop"
             assert tok.decode(g.token_ids) == g.text  # no padding or end token after the stop string
+
+
+def test_a_seeded_completion_does_not_depend_on_its_batch():
+    be, tok = backend()
+    prompts = tok(["3 + 4 =", "a longer prompt 9 - 8 =", "7"], add_special_tokens=False)["input_ids"]
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, top_p=0.9)
+    seeds = list(range(100, 109))  # three prompts x three samples
+    together = be.generate(prompts, params, num_samples=3, seeds=seeds)
+    alone = [g for i in range(3) for g in be.generate(prompts[i:i + 1], params, num_samples=3,
+                                                      seeds=seeds[3 * i: 3 * i + 3])]
+    assert [g.token_ids for g in together] == [g.token_ids for g in alone]
+    assert len({tuple(g.token_ids) for g in together}) > 3  # the seeds differ, so do the samples
+    again = be.generate(prompts[::-1], params, num_samples=3, seeds=seeds[6:] + seeds[3:6] + seeds[:3])
+    assert [g.token_ids for g in again] == [g.token_ids for g in together[6:] + together[3:6] + together[:3]]
+
+
+def test_seeded_sampling_draws_from_the_temperature_and_top_p_distribution():
+    from aha.rollout.hf import _SeededSampling
+
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -3.0]])
+    temperature, top_p, draws = 0.8, 0.9, 20000
+    probs = torch.softmax(logits[0] / temperature, dim=-1)  # [0.66, 0.19, 0.10, 0.05, 0.001]: nucleus = first 3
+    order = probs.argsort(descending=True)
+    kept = order[: int((probs[order].cumsum(0) < top_p).sum()) + 1]  # the nucleus: least mass >= top_p
+    expected = torch.zeros_like(probs)
+    expected[kept] = probs[kept] / probs[kept].sum()
+    sampler = _SeededSampling(list(range(draws)), temperature, top_p, torch.device("cpu"))
+    scores = sampler(torch.zeros((draws, 1), dtype=torch.long), logits.expand(draws, -1))
+    picked = scores.argmax(dim=-1)
+    assert bool((scores.isfinite().sum(dim=-1) == 1).all())  # exactly one token left for argmax
+    counts = torch.bincount(picked, minlength=5).float() / draws
+    assert torch.allclose(counts, expected, atol=0.012), (counts, expected)
+    assert counts[order[-1]] == 0  # outside the nucleus: never drawn
+    same = _SeededSampling([7, 7], temperature, top_p, torch.device("cpu"))(torch.zeros((2, 1), dtype=torch.long),
+                                                                            logits.expand(2, -1))
+    assert int(same[0].argmax()) == int(same[1].argmax())
+
+
+def loop_and_generate():
+    model, tokenizer = load_model("tiny:qwen2", seed=3)
+    return HFBackend(model, tokenizer, batch_size=16), HFBackend(model, tokenizer, batch_size=16, decode_loop=False)
+
+
+def test_the_decode_loop_gives_generates_tokens_when_rows_end_at_different_steps():
+    loop, plain = loop_and_generate()
+    questions = ["3 + 4 =", "a longer prompt 9 - 8 =", "7", "x y z"]
+    prompts = loop.tokenizer(questions, add_special_tokens=False)["input_ids"]
+    free = plain.generate(prompts, SamplingParams(16, temperature=1.0), seeds=[1, 2, 3, 4])
+    # end tokens met at different steps by different rows, so rows leave the loop's batch on the way
+    loop.eos_ids = plain.eos_ids = plain.eos_ids | {free[0].token_ids[2], free[1].token_ids[6]}
+    for params, samples in [(SamplingParams(16, temperature=0.0), 1), (SamplingParams(16, temperature=0.0), 3),
+                            (SamplingParams(16, temperature=1.0), 1),
+                            (SamplingParams(16, temperature=1.0, top_p=0.9, logprobs=True), 4)]:
+        seeds = list(range(len(prompts) * samples))
+        a = loop.generate(prompts, params, num_samples=samples, seeds=seeds)
+        b = plain.generate(prompts, params, num_samples=samples, seeds=seeds)
+        assert [g.token_ids for g in a] == [g.token_ids for g in b]
+        assert [g.finish_reason for g in a] == [g.finish_reason for g in b]
+        assert [g.text for g in a] == [g.text for g in b]
+        if params.temperature > 0:
+            assert len({len(g.token_ids) for g in a}) > 2  # rows ended at different steps, some ran to the end
+            assert {g.finish_reason for g in a} == {"stop", "length"}
+        if params.logprobs:
+            for x, y in zip(a, b):
+                assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4)
+
+
+def test_the_decode_loop_stops_at_a_stop_string_as_generate_does():
+    loop, plain = loop_and_generate()
+    prompts = loop.tokenizer(["x y z", "22 - 3 ="], add_special_tokens=False)["input_ids"]
+    sampling = SamplingParams(max_new_tokens=12, temperature=1.0)
+    free = plain.generate(prompts, sampling, seeds=[5, 6])
+    stop = loop.tokenizer.decode(free[0].token_ids[3:5])  # a string the first row writes by its 5th token
+    end = next(i for i in range(12) if stop in loop.tokenizer.decode(free[0].token_ids[: i + 1]))
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, stop=(stop,))
+    a, b = loop.generate(prompts, params, seeds=[5, 6]), plain.generate(prompts, params, seeds=[5, 6])
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    assert a[0].token_ids == free[0].token_ids[: end + 1] and a[0].finish_reason == "stop" and stop in a[0].text

@@ -171,8 +171,8 @@ def test_empty_completions_train_without_nan(tmp_path):
     trainer = make(tmp_path, max_steps=2, eval_size=0, rewards="{last_char_code: 1.0}")
     original = trainer.backend.generate
 
-    def generate(prompt_ids, params, prefill="", num_samples=1):
-        out = original(prompt_ids, params, prefill, num_samples)
+    def generate(prompt_ids, params, prefill="", num_samples=1, seeds=None):
+        out = original(prompt_ids, params, prefill, num_samples, seeds=seeds)
         for g in out[::2]:  # every other completion is empty
             g.token_ids, g.text, g.finish_reason = [], "", "stop"
         return out
@@ -192,7 +192,9 @@ def test_a_group_larger_than_a_micro_batch_gives_the_same_update(tmp_path):
         results.append((read(trainer.layout.metrics), trainer.model.state_dict()))
     (small, small_state), (large, large_state) = results
     assert [m["completion_length"] for m in small] == [m["completion_length"] for m in large]  # same samples
-    assert all(torch.allclose(small_state[k], large_state[k], atol=2e-5) for k in small_state)  # float sums reordered
+    # float sums reordered: Adam's first steps move each weight by up to lr (3e-3) whatever its gradient's size, so a
+    # near-zero gradient summed in another order may move its weight by a small fraction of lr
+    assert all(torch.allclose(small_state[k], large_state[k], atol=1e-4) for k in small_state)
 
 
 def test_a_group_larger_than_the_generation_batch_still_samples_whole_groups(tmp_path):

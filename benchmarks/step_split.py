@@ -1,0 +1,115 @@
+"""Where a GRPO step's time and memory go, for the default recipe (or any), side by side across settings.
+
+Each variant is the default `aha train` run with some `key=value` overrides, run for a few steps in its own
+process (so each has its own peak RSS), variants alternating over repetitions. Per variant: the step split
+into sampling (generation, reward scoring), old/reference log-probs, forward-backward and the optimiser step
+(with the gradient all-reduce); peak RSS; and the training phase's model FLOP utilisation,
+6 x parameters x tokens through the policy / forward-backward time, over this machine's fp32 matmul rate
+measured in the same run.
+
+    .venv/bin/python benchmarks/step_split.py --steps 6 --repeats 2 \
+        --variant "micro_batch_size=32" --variant "micro_batch_size=8" --out runs/bench-step
+
+Prints a Markdown table (min / median / max over the steps after the first of every repetition) and writes
+results.json in --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+PHASES = ["step", "generation", "scoring", "logprobs", "forward_backward", "optimizer"]
+
+
+def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
+    """The best fp32 matmul rate of this machine, FLOP/s (square ``size`` matrices, torch's threads)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best
+
+
+def memory_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
+    """Bytes per second of a large copy (read + write counted)."""
+    src = torch.empty(megabytes * 2**20 // 4)
+    src.fill_(1.0)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / best
+
+
+def run_variant(overrides: list[str], steps: int, run_dir: Path) -> dict:
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cmd = [sys.executable, "-m", "aha", "train", f"output_dir={run_dir}", f"max_steps={steps}", "eval_size=0",
+           "save_steps=0", "max_train_minutes=0", *overrides]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {"metrics": metrics, "peak_rss_gb": summary["peak_rss_gb"], "params": summary["trainable_parameters"]}
+
+
+def spread(values: list[float]) -> str:
+    if not values:
+        return "–"
+    return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", action="append", default=[],
+                        help="space-separated key=value overrides of the default run (repeatable; none: the default)")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", default="runs/bench-step")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    variants = args.variant or [""]
+    peak, bandwidth = matmul_peak(), memory_bandwidth()
+    print(f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s, copy bandwidth {bandwidth / 1e9:.1f} GB/s, "
+          f"{torch.get_num_threads()} threads")
+    results: dict[str, dict] = {v: {"steps": [], "peak_rss_gb": []} for v in variants}
+    for repeat in range(args.repeats):
+        order = variants if repeat % 2 == 0 else variants[::-1]  # alternate: neither always goes first
+        for variant in order:
+            run = run_variant(variant.split(), args.steps, out / f"run-{variants.index(variant)}-{repeat}")
+            results[variant]["steps"].extend(run["metrics"][1:])  # the first step warms up
+            results[variant]["peak_rss_gb"].append(run["peak_rss_gb"])
+            results[variant]["params"] = run["params"]
+            print(f"repeat {repeat} {variant or 'default'}: done", flush=True)
+    header = ["variant", *[f"{p} s" for p in PHASES], "peak RSS GB", "train MFU", "completion tokens/s"]
+    print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    summary = {"matmul_peak_flops": peak, "copy_bandwidth_bytes_per_s": bandwidth, "variants": {}}
+    for variant, res in results.items():
+        steps = res["steps"]
+        phase = {p: [m.get(f"time/{p}", 0.0) for m in steps] for p in PHASES}
+        mfu = [6 * res["params"] * m["forward_tokens"] / m["time/forward_backward"] / peak for m in steps
+               if m.get("time/forward_backward")]
+        tokens_per_s = [m["generated_tokens"] / m["time/step"] for m in steps]
+        row = [variant or "default", *[spread(phase[p]) for p in PHASES], spread(res["peak_rss_gb"]),
+               f"{100 * statistics.median(mfu):.0f}%" if mfu else "–", f"{statistics.median(tokens_per_s):.0f}"]
+        print("| " + " | ".join(row) + " |")
+        summary["variants"][variant or "default"] = {"phases": phase, "peak_rss_gb": res["peak_rss_gb"], "mfu": mfu,
+                                                     "completion_tokens_per_s": tokens_per_s}
+    (out / "results.json").write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
