@@ -7,8 +7,9 @@ into sampling (generation, reward scoring), old/reference log-probs, forward-bac
 6 x parameters x tokens through the policy / forward-backward time, over this machine's fp32 matmul rate
 measured in the same run.
 
+    git worktree add /tmp/aha-before COMMIT          # the code to compare against
     .venv/bin/python benchmarks/step_split.py --steps 6 --repeats 2 \
-        --variant "micro_batch_size=32" --variant "micro_batch_size=8" --out runs/bench-step
+        --variant "CHECKOUT=/tmp/aha-before" --variant "" --variant "micro_batch_size=8" --out runs/bench-step
 
 Prints a Markdown table (min / median / max over the steps after the first of every repetition) and writes
 results.json in --out.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -56,10 +58,16 @@ def memory_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
 
 
 def run_variant(overrides: list[str], steps: int, run_dir: Path) -> dict:
+    """One run; an override in capitals (``MALLOC_ARENA_MAX=2``) is an environment variable of its process, and
+    ``CHECKOUT=DIR`` runs the ``aha`` of another checkout (an older commit, for a side-by-side comparison)."""
     shutil.rmtree(run_dir, ignore_errors=True)
-    cmd = [sys.executable, "-m", "aha", "train", f"output_dir={run_dir}", f"max_steps={steps}", "eval_size=0",
-           "save_steps=0", "max_train_minutes=0", *overrides]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    env = dict(os.environ)
+    env.update(o.split("=", 1) for o in overrides if o.split("=", 1)[0].isupper())
+    checkout = env.pop("CHECKOUT", None)
+    settings = [o for o in overrides if not o.split("=", 1)[0].isupper()]
+    cmd = [sys.executable, "-m", "aha", "train", f"output_dir={run_dir.resolve()}", f"max_steps={steps}",
+           "eval_size=0", "save_steps=0", "max_train_minutes=0", *settings]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env, cwd=checkout)
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"metrics": metrics, "peak_rss_gb": summary["peak_rss_gb"], "params": summary["trainable_parameters"]}
@@ -83,8 +91,6 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     variants = args.variant or [""]
     peak, bandwidth = matmul_peak(), memory_bandwidth()
-    print(f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s, copy bandwidth {bandwidth / 1e9:.1f} GB/s, "
-          f"{torch.get_num_threads()} threads")
     results: dict[str, dict] = {v: {"steps": [], "peak_rss_gb": []} for v in variants}
     for repeat in range(args.repeats):
         order = variants if repeat % 2 == 0 else variants[::-1]  # alternate: neither always goes first
@@ -94,6 +100,10 @@ def main() -> None:
             results[variant]["peak_rss_gb"].append(run["peak_rss_gb"])
             results[variant]["params"] = run["params"]
             print(f"repeat {repeat} {variant or 'default'}: done", flush=True)
+    peak = max(peak, matmul_peak())  # measured before and after the runs: the better of the two
+    bandwidth = max(bandwidth, memory_bandwidth())
+    print(f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s, copy bandwidth {bandwidth / 1e9:.1f} GB/s, "
+          f"{torch.get_num_threads()} threads")
     header = ["variant", *[f"{p} s" for p in PHASES], "peak RSS GB", "train MFU", "completion tokens/s"]
     print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     summary = {"matmul_peak_flops": peak, "copy_bandwidth_bytes_per_s": bandwidth, "variants": {}}

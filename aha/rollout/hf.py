@@ -19,6 +19,7 @@ from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedModel,
 
 from aha.models import cache_keyword, output_cache
 from aha.rollout.base import Generation, SamplingParams
+from aha.utils.sequences import left_pad, shared_prefix_length
 
 
 class _TokenLogprobs(LogitsProcessor):
@@ -113,18 +114,30 @@ class HFBackend:
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, prefill: str,
                         num_samples: int, seeds: list[int] | None = None) -> list[Generation]:
         device = next(self.model.parameters()).device
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long, device=device)
-        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
-        for row, ids in enumerate(prompts):  # left padding: every completion starts at column `width`
-            input_ids[row, width - len(ids) :] = torch.tensor(ids, device=device)
-            attention_mask[row, width - len(ids) :] = 1
+        shared = shared_prefix_length(prompts) if self.decode_loop else 0
+        if shared:  # [shared prefix][left padding][rest of the prompt]: the prefix is computed once for all
+            rest_ids, rest_mask = left_pad([p[shared:] for p in prompts], self.pad_id, device)
+            prefix_ids = torch.tensor([prompts[0][:shared]], dtype=torch.long, device=device)  # [1, shared]
+            input_ids = torch.cat([prefix_ids.expand(len(prompts), -1), rest_ids], dim=1)
+            attention_mask = torch.cat([torch.ones_like(prefix_ids).expand(len(prompts), -1), rest_mask], dim=1)
+        else:  # left padding: every completion starts at the same column
+            input_ids, attention_mask = left_pad(prompts, self.pad_id, device)
+        width = input_ids.shape[1]
         prefix_cache = None
         if width > 1 and (num_samples > 1 or self.decode_loop):
-            # Run the shared prompt (all but its last token) once, then copy its cache for each sample.
-            prefix = self.model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
-                                position_ids=(attention_mask[:, :-1].cumsum(1) - 1).clamp(min=0), use_cache=True)
-            prefix_cache = output_cache(prefix)
+            # Run the prompts (all but their last token) once, then copy their cache for each sample.
+            positions = (attention_mask[:, :-1].cumsum(1) - 1).clamp(min=0)
+            inputs = {}
+            if shared:
+                head = self.model(input_ids=prefix_ids, position_ids=positions[:1, :shared], use_cache=True,
+                                  logits_to_keep=1)
+                prefix_cache = output_cache(head)
+                prefix_cache.batch_repeat_interleave(len(prompts))
+                inputs = {self.cache_kw: prefix_cache}
+            if width - 1 > shared:
+                prefix = self.model(input_ids=input_ids[:, shared:-1], attention_mask=attention_mask[:, :-1],
+                                    position_ids=positions[:, shared:], use_cache=True, logits_to_keep=1, **inputs)
+                prefix_cache = output_cache(prefix)
             if num_samples > 1:
                 prefix_cache.batch_repeat_interleave(num_samples)
         input_ids = input_ids.repeat_interleave(num_samples, dim=0)

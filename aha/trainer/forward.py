@@ -1,7 +1,8 @@
 """The policy's forward pass over a training micro-batch, returning the logits that predict each
 completion token. With ``share_prefix`` a group's prompt is computed once and its KV cache reused by
 the group's completions — the same numbers as the plain pass, with the prompt's cost paid once per group
-instead of once per completion (gradients flow back through the shared cache)."""
+instead of once per completion (gradients flow back through the shared cache). The tokens every group's
+prompt starts with (the system prompt) are computed once per micro-batch."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from aha.models import cache_keyword, output_cache
 from aha.types import TrainBatch
+from aha.utils.sequences import left_pad, shared_prefix_length
 
 
 def completion_logits(model: torch.nn.Module, mb: TrainBatch, *, temperature: float = 1.0,
@@ -30,9 +32,7 @@ def _shared_prefix_logits(model: torch.nn.Module, mb: TrainBatch, device: torch.
     groups, inverse = torch.unique(mb.group_ids, return_inverse=True)  # inverse: row -> its group's slot
     first_row = torch.zeros(len(groups), dtype=torch.long)
     first_row.scatter_reduce_(0, inverse, torch.arange(mb.size), reduce="amin", include_self=False)
-    prompt = model(input_ids=mb.input_ids[first_row, :p].to(device),
-                   attention_mask=mb.attention_mask[first_row, :p].to(device),
-                   position_ids=mb.position_ids[first_row, :p].to(device), use_cache=True, logits_to_keep=1)
+    prompt, prompt_mask = _prompt_pass(model, mb, first_row, device)
     inverse = inverse.to(device)
     first_logits = prompt.logits[inverse]  # [m, 1, V]: predicts each row's first completion token
     if c == 1:
@@ -40,7 +40,31 @@ def _shared_prefix_logits(model: torch.nn.Module, mb: TrainBatch, device: torch.
     cache = output_cache(prompt)
     cache.batch_select_indices(inverse)  # one copy of the group's prompt cache per row (differentiable)
     rest = model(input_ids=mb.completion_ids[:, : c - 1].to(device),
-                 attention_mask=mb.attention_mask[:, : p + c - 1].to(device),
+                 attention_mask=torch.cat([prompt_mask[inverse], mb.attention_mask[:, p : p + c - 1].to(device)], 1),
                  position_ids=mb.position_ids[:, p : p + c - 1].to(device), use_cache=True,
                  **{cache_keyword(model): cache})
     return torch.cat([first_logits, rest.logits], dim=1)  # [m, C, V]
+
+
+def _prompt_pass(model: torch.nn.Module, mb: TrainBatch, first_row: torch.Tensor, device: torch.device):
+    """Each group's prompt through the model once: (the output, with the last position's logits and the cache;
+    the prompt's attention mask ``[groups, width]``). When the prompts start with the same tokens (a system
+    prompt), those are computed once for all and the prompts laid out as [shared][left padding][the rest]."""
+    p = mb.prompt_width
+    ids, mask = mb.input_ids[first_row, :p], mb.attention_mask[first_row, :p]
+    prompts = [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+    shared = shared_prefix_length(prompts)
+    if not shared:
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                    position_ids=mb.position_ids[first_row, :p].to(device), use_cache=True, logits_to_keep=1)
+        return out, mask.to(device)
+    head = model(input_ids=torch.tensor([prompts[0][:shared]], device=device),
+                 position_ids=torch.arange(shared, device=device)[None], use_cache=True, logits_to_keep=1)
+    cache = output_cache(head)
+    cache.batch_repeat_interleave(len(prompts))  # differentiable: the prefix's gradient sums over the groups
+    rest_ids, rest_mask = left_pad([q[shared:] for q in prompts], 0, device)  # padding is masked: any id does
+    full_mask = torch.cat([torch.ones((len(prompts), shared), dtype=torch.long, device=device), rest_mask], dim=1)
+    positions = (full_mask.cumsum(1) - 1).clamp(min=0)[:, shared:]
+    out = model(input_ids=rest_ids, attention_mask=full_mask, position_ids=positions, use_cache=True,
+                logits_to_keep=1, **{cache_keyword(model): cache})
+    return out, full_mask

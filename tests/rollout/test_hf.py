@@ -125,3 +125,22 @@ def test_the_decode_loop_stops_at_a_stop_string_as_generate_does():
     a, b = loop.generate(prompts, params, seeds=[5, 6]), plain.generate(prompts, params, seeds=[5, 6])
     assert [g.token_ids for g in a] == [g.token_ids for g in b]
     assert a[0].token_ids == free[0].token_ids[: end + 1] and a[0].finish_reason == "stop" and stop in a[0].text
+
+
+def test_prompts_sharing_a_system_prompt_sample_as_when_computed_whole():
+    from aha.utils.sequences import MIN_SHARED_PREFIX
+
+    loop, plain = loop_and_generate()
+    system = loop.tokenizer("You are a careful assistant. Think, then answer.", add_special_tokens=False)["input_ids"]
+    assert len(system) >= MIN_SHARED_PREFIX
+    questions = ["3 + 4 =", "a longer prompt 9 - 8 =", "7"]
+    prompts = [system + ids for ids in loop.tokenizer(questions, add_special_tokens=False)["input_ids"]]
+    for params, samples in [(SamplingParams(10, temperature=0.0), 1),
+                            (SamplingParams(10, temperature=1.0, logprobs=True), 3)]:
+        seeds = list(range(len(prompts) * samples))
+        a = loop.generate(prompts, params, num_samples=samples, seeds=seeds)  # the system prompt computed once
+        b = plain.generate(prompts, params, num_samples=samples, seeds=seeds)  # each prompt computed whole
+        assert [g.token_ids for g in a] == [g.token_ids for g in b]
+        if params.logprobs:
+            for x, y in zip(a, b):
+                assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4)

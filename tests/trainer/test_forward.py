@@ -26,3 +26,39 @@ def test_shared_prefix_pass_equals_the_plain_pass_in_values_and_gradients(arch):
     mask = mb.completion_mask.bool()
     assert torch.allclose(plain[mask], shared[mask], atol=1e-5)
     assert torch.allclose(plain_grad, shared_grad, atol=1e-5)
+
+
+def test_prompts_sharing_a_system_prompt_compute_it_once_with_the_same_values_and_gradients():
+    from aha.utils.sequences import MIN_SHARED_PREFIX
+
+    model, _ = load_model("tiny:qwen2", seed=1)
+    g = torch.Generator().manual_seed(0)
+    system = torch.randint(3, 90, (MIN_SHARED_PREFIX + 4,), generator=g).tolist()
+    prompts = [system + torch.randint(3, 90, (n,), generator=g).tolist() for n in (3, 1, 6)]
+    rows = [p for p in prompts for _ in range(2)]
+    completions = [torch.randint(3, 90, (n,), generator=g).tolist() for n in (2, 5, 1, 4, 6, 3)]
+    mb = build_train_batch(rows, completions, torch.zeros(6), pad_id=2, group_size=2).select(torch.arange(6))
+
+    results = []
+    for share in (False, True):
+        model.zero_grad()
+        logits = completion_logits(model, mb, temperature=0.7, share_prefix=share)
+        (logits.logsumexp(-1) * mb.completion_mask).sum().backward()
+        results.append((logits.detach(), model.model.embed_tokens.weight.grad.clone(),
+                        model.model.layers[1].mlp.down_proj.weight.grad.clone()))
+    (plain, *plain_grads), (shared, *shared_grads) = results
+    mask = mb.completion_mask.bool()
+    assert torch.allclose(plain[mask], shared[mask], atol=1e-5)
+    for a, b in zip(plain_grads, shared_grads):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_shared_prefix_length_leaves_every_prompt_a_token():
+    from aha.utils.sequences import shared_prefix_length
+
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 4, 5]], minimum=1) == 2
+    assert shared_prefix_length([[1, 2], [1, 2, 3]], minimum=1) == 1
+    assert shared_prefix_length([[1, 2, 3]], minimum=1) == 0
+    assert shared_prefix_length([[5, 2], [1, 2]], minimum=1) == 0
+    assert shared_prefix_length([[1] * 9 + [2], [1] * 9 + [3]]) == 9
+    assert shared_prefix_length([[1] * 5 + [2], [1] * 5 + [3]]) == 0  # under the minimum: not worth a pass

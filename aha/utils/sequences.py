@@ -1,0 +1,35 @@
+"""Token sequences: the prefix a batch of prompts shares, and left-padded layouts around it."""
+
+from __future__ import annotations
+
+import torch
+
+MIN_SHARED_PREFIX = 8
+"""Prompts sharing fewer tokens than this are computed whole (the saving would not pay for the extra pass)."""
+
+
+def shared_prefix_length(sequences: list[list[int]], minimum: int = MIN_SHARED_PREFIX) -> int:
+    """Tokens every sequence starts with, leaving at least one token of each (with ``minimum=1``:
+    ``[[1, 2, 3], [1, 2, 4, 5]]`` -> 2, ``[[1, 2], [1, 2, 3]]`` -> 1); 0 for a single sequence (nothing to
+    share) or when fewer than ``minimum`` tokens are common."""
+    if len(sequences) < 2:
+        return 0
+    shortest = min(len(s) for s in sequences)
+    first = sequences[0]
+    shared = 0
+    while shared < shortest - 1 and all(s[shared] == first[shared] for s in sequences):
+        shared += 1
+    return shared if shared >= minimum else 0
+
+
+def left_pad(sequences: list[list[int]], pad_id: int, device: torch.device | str = "cpu"
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[n, width]`` token ids padded on the left with ``pad_id``, and the mask (1 on real tokens)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq):] = 1
+    return ids.to(device), mask.to(device)
