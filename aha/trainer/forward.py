@@ -6,6 +6,8 @@ prompt starts with (the system prompt) are computed once per micro-batch."""
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from aha.models import cache_keyword, output_cache
@@ -68,3 +70,71 @@ def _prompt_pass(model: torch.nn.Module, mb: TrainBatch, first_row: torch.Tensor
     out = model(input_ids=rest_ids, attention_mask=full_mask, position_ids=positions, use_cache=True,
                 logits_to_keep=1, **{cache_keyword(model): cache})
     return out, full_mask
+
+
+class PromptPass:
+    """Every prompt of an optimisation pass through the policy once, however many micro-batches use it.
+
+    A micro-batch's loss needs the KV cache of its rows' prompts and the logits at each prompt's last position
+    (they predict the first completion token). Computing them per micro-batch repeats the shared system prompt
+    and every group split over micro-batches. Here the prompts run once (the system prompt once for all), each
+    micro-batch reads detached copies of the results, its backward accumulates their gradients, and
+    :meth:`backward` sends the accumulated gradients through the prompt pass once: the same gradients as
+    computing the prompts per micro-batch (``tests/trainer/test_forward.py``), for a fraction of the work. The
+    prompts run twice (without the graph first, with it in :meth:`backward`), so their activations are never
+    held while the micro-batches run.
+
+        prompts = PromptPass(model, batch, groups)      # [groups] prompts, with the graph
+        for mb in micro_batches:
+            completion_logits = prompts.completion_logits(mb, temperature)
+            loss(mb).backward()                          # gradients stop at the copies
+        prompts.backward()                               # ... and go on through the prompts, once
+    """
+
+    def __init__(self, model: torch.nn.Module, batch: TrainBatch, group_ids: list[int]):
+        self.model, self.batch = model, batch
+        self.device = next(model.parameters()).device
+        self.slot = {g: i for i, g in enumerate(group_ids)}
+        self.first_row = torch.tensor([int((batch.group_ids == g).nonzero()[0]) for g in group_ids], dtype=torch.long)
+        # Without the graph: the prompts' activations are not held while the micro-batches run; backward()
+        # computes the prompts again with it (one more forward of the prompts, no memory for them till then).
+        with torch.no_grad():
+            out, self.mask = _prompt_pass(model, batch, self.first_row, self.device)  # mask: [groups, W]
+        self.cache = output_cache(out)
+        self.copies = [t.detach().requires_grad_(torch.is_grad_enabled()) for t in _outputs(out, self.cache)]
+        self.first_logits = self.copies[0]  # [groups, 1, V]
+        self.layers = [(self.copies[1 + 2 * i], self.copies[2 + 2 * i]) for i in range(len(self.cache.layers))]
+
+    def completion_logits(self, mb: TrainBatch, temperature: float = 1.0) -> torch.Tensor:
+        """Logits [m, C, V] at the positions that predict ``mb``'s completion tokens, divided by ``temperature``."""
+        p, c = mb.prompt_width, mb.completion_width
+        slots = torch.tensor([self.slot[int(g)] for g in mb.group_ids], dtype=torch.long, device=self.device)
+        logits = self.first_logits[slots]  # [m, 1, V]
+        if c > 1:
+            cache = copy.copy(self.cache)
+            cache.layers = []
+            for layer, (keys, values) in zip(self.cache.layers, self.layers):
+                mine = copy.copy(layer)
+                mine.keys, mine.values = keys[slots], values[slots]
+                cache.layers.append(mine)
+            rest = self.model(input_ids=mb.completion_ids[:, : c - 1].to(self.device),
+                              attention_mask=torch.cat([self.mask[slots],
+                                                        mb.attention_mask[:, p : p + c - 1].to(self.device)], 1),
+                              position_ids=mb.position_ids[:, p : p + c - 1].to(self.device), use_cache=True,
+                              **{cache_keyword(self.model): cache})
+            logits = torch.cat([logits, rest.logits], dim=1)
+        logits = logits.float()
+        return logits / temperature if temperature > 0 else logits
+
+    def backward(self) -> None:
+        """The gradients the micro-batches left on the copies, through the prompt pass (once)."""
+        if not any(c.grad is not None for c in self.copies):
+            return
+        out, _ = _prompt_pass(self.model, self.batch, self.first_row, self.device)
+        pairs = [(t, c.grad) for t, c in zip(_outputs(out, output_cache(out)), self.copies) if c.grad is not None]
+        torch.autograd.backward([t for t, _ in pairs], [grad for _, grad in pairs])
+
+
+def _outputs(out, cache) -> list[torch.Tensor]:
+    """A prompt pass's results: the last position's logits, then every layer's keys and values."""
+    return [out.logits] + [t for layer in cache.layers for t in (layer.keys, layer.values)]

@@ -34,9 +34,10 @@ from aha.rewards import RewardTerm, follows_format, score
 from aha.rollout import Generation, GenerationBackend, HFBackend, SamplingParams
 from aha.run import RunLayout, World, current_world, open_run_dir
 from aha.trainer.core import EvalResult, Policy, StepResult, Trainer, build_policy, seed_everything, set_determinism
-from aha.trainer.forward import completion_logits
+from aha.trainer.forward import PromptPass, completion_logits
 from aha.trainer.preflight import Inputs, check_inputs
 from aha.types import TrainBatch, build_train_batch
+from aha.utils.sequences import shared_prefix_length
 from aha.utils.stats import mean, std
 
 
@@ -269,21 +270,23 @@ class GRPOTrainer(Trainer):
             self._fill_reference_logprobs(micro)
         self.timing["logprobs"] = time.perf_counter() - t0  # old and reference log-probs
         self.timing["forward_backward"] = self.timing["optimizer"] = 0.0
-        prompt_tokens = batch.attention_mask[:, : batch.prompt_width].sum(dim=1).float()  # [N] real prompt tokens
-        if self._shares_prefix():  # a group's prompt runs once per micro-batch
-            prompt_work = sum(float(prompt_tokens[r[first_of_each_group(batch.group_ids[r])]].sum()) for r in rows)
-        else:
-            prompt_work = sum(float(prompt_tokens[r].sum()) for r in rows)
-        stats: dict[str, float] = {"trained_sequences": trained_sequences,
-                                   "forward_tokens": trained_tokens + prompt_work}  # through the policy, one pass
+        stats: dict[str, float] = {"trained_sequences": trained_sequences,  # tokens through the policy in a pass
+                                   "forward_tokens": trained_tokens + self._prompt_work(batch, rows)}
         skipped = False
         for _ in range(c.num_iterations):
             self.policy.zero_grad()
             sums: dict[str, float] = {}
             entropy_sum = 0.0
             t0 = time.perf_counter()
+            prompts = None
+            if self._shares_prefix() and micro:  # every prompt through the policy once per pass
+                groups = sorted({int(g) for mb in micro for g in mb.group_ids})
+                prompts = PromptPass(self.model, batch, groups)
             for mb in micro:
-                logits = self._logits(self.model, mb)  # [m, C, V]
+                if prompts is not None:
+                    logits = prompts.completion_logits(mb, c.temperature)  # [m, C, V]
+                else:
+                    logits = self._logits(self.model, mb)  # [m, C, V]
                 logprobs = token_logprobs(logits, mb.completion_ids)  # [m, C]
                 entropy_sum += float((token_entropy(logits.detach()) * mb.completion_mask).sum())
                 old = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()
@@ -296,6 +299,9 @@ class GRPOTrainer(Trainer):
                 share = float(mb.completion_mask.sum()) / max(trained_tokens, 1)  # token-weighted stats
                 for k, v in mb_stats.items():
                     sums[k] = sums.get(k, 0.0) + (v if k == "loss" else v * share)
+            if prompts is not None:
+                prompts.backward()
+                del prompts
             t_backward = time.perf_counter()
             self.timing["forward_backward"] += t_backward - t0
             sums = self.world.sum({**sums, "entropy_sum": entropy_sum})
@@ -335,6 +341,21 @@ class GRPOTrainer(Trainer):
         if current:
             packed.append(torch.cat(current))
         return packed
+
+    def _prompt_work(self, batch: TrainBatch, rows: list[torch.Tensor]) -> float:
+        """Prompt tokens one optimisation pass runs through the policy (one process): with shared prefixes the
+        system prompt once and each trained group's rest once, else every row's whole prompt."""
+        prompt_tokens = batch.attention_mask[:, : batch.prompt_width].sum(dim=1)  # [N]
+        if not rows:
+            return 0.0
+        if not self._shares_prefix():
+            return float(sum(prompt_tokens[r].sum() for r in rows))
+        groups = sorted({int(g) for r in rows for g in batch.group_ids[r]})
+        firsts = [int((batch.group_ids == g).nonzero()[0]) for g in groups]
+        prompts = [batch.input_ids[i, : batch.prompt_width][batch.attention_mask[i, : batch.prompt_width].bool()]
+                   .tolist() for i in firsts]
+        shared = shared_prefix_length(prompts)
+        return float(shared + sum(len(q) - shared for q in prompts))
 
     def _shares_prefix(self) -> bool:
         return self.config.share_prompt_prefix and not self.config.gradient_checkpointing
@@ -503,13 +524,6 @@ def load_teacher(config: GRPOConfig, tokenizer) -> torch.nn.Module:
     model, _ = load_model(source, dtype=config.dtype, device=config.device, seed=config.seed,
                           tokenizer=teacher_tokenizer)
     return model.eval().requires_grad_(False)
-
-
-def first_of_each_group(group_ids: torch.Tensor) -> torch.Tensor:
-    """Positions of each group's first row: ``[2, 2, 5, 5, 5, 7]`` -> ``[0, 2, 5]``."""
-    seen: set[int] = set()
-    return torch.tensor([i for i, g in enumerate(group_ids.tolist()) if not (g in seen or seen.add(g))],
-                        dtype=torch.long)
 
 
 def completion_seed(seed: int, step: int, example: int, sample: int) -> int:

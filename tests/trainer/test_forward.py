@@ -62,3 +62,39 @@ def test_shared_prefix_length_leaves_every_prompt_a_token():
     assert shared_prefix_length([[5, 2], [1, 2]], minimum=1) == 0
     assert shared_prefix_length([[1] * 9 + [2], [1] * 9 + [3]]) == 9
     assert shared_prefix_length([[1] * 5 + [2], [1] * 5 + [3]]) == 0  # under the minimum: not worth a pass
+
+
+@pytest.mark.parametrize("system_prompt", [False, True])
+def test_prompts_computed_once_per_pass_give_the_per_micro_batch_gradients(system_prompt):
+    from aha.trainer.forward import PromptPass
+    from aha.utils.sequences import MIN_SHARED_PREFIX
+
+    model, _ = load_model("tiny:qwen2", seed=2)
+    g = torch.Generator().manual_seed(1)
+    system = torch.randint(3, 90, (MIN_SHARED_PREFIX + 3,), generator=g).tolist() if system_prompt else []
+    prompts = [system + torch.randint(3, 90, (n,), generator=g).tolist() for n in (4, 2, 7)]
+    rows = [p for p in prompts for _ in range(3)]
+    completions = [torch.randint(3, 90, (n,), generator=g).tolist() for n in (2, 5, 1, 4, 6, 3, 1, 1, 5)]
+    batch = build_train_batch(rows, completions, torch.zeros(9), pad_id=2, group_size=3)
+    micro = [batch.select(torch.tensor(r)) for r in ([0, 1], [2, 3, 4], [5, 6], [7, 8])]  # groups split over them
+
+    def loss(logits, mb):
+        return (logits.logsumexp(-1) * mb.completion_mask).sum()
+
+    model.zero_grad()
+    plain_logits = []
+    for mb in micro:
+        logits = completion_logits(model, mb, temperature=0.7, share_prefix=True)
+        loss(logits, mb).backward()
+        plain_logits.append(logits.detach())
+    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    model.zero_grad()
+    once = PromptPass(model, batch, [0, 1, 2])
+    for mb, expected in zip(micro, plain_logits):
+        logits = once.completion_logits(mb, temperature=0.7)
+        assert torch.allclose(logits[mb.completion_mask.bool()], expected[mb.completion_mask.bool()], atol=1e-5)
+        loss(logits, mb).backward()
+    once.backward()
+    for name, param in model.named_parameters():
+        assert torch.allclose(param.grad, plain[name], atol=1e-5), name
