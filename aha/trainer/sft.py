@@ -29,6 +29,7 @@ from aha.data.readers import DataError, read_rows
 from aha.run import RunLayout, open_run_dir
 from aha.trainer.core import EvalResult, Policy, StepResult, Trainer, build_policy, seed_everything, set_determinism
 from aha.trainer.preflight import check_model
+from aha.utils.sequences import MIN_SHARED_PREFIX, left_pad, shared_prefix_length
 
 
 @dataclass
@@ -91,8 +92,15 @@ def pack_examples(examples: list[SFTExample], pad_id: int, max_length: int) -> T
 
 def response_logits(model: torch.nn.Module, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """The logits that predict every trained token, and those tokens, in row-major order: ``[n, V]``,
-    ``[n]``. Logits are computed only from the first column that predicts a trained token (``logits_to_keep``)."""
+    ``[n]``. Logits are computed only from the first column that predicts a trained token (``logits_to_keep``).
+    When the rows start with the same untrained tokens (a system prompt), those run through the model once for
+    the micro-batch and the rows continue from their cache."""
     device = next(model.parameters()).device
+    shared = shared_context_length(batch)
+    if shared:
+        batch, inputs = _continue_after_shared(model, batch, shared, device)
+    else:
+        inputs = {}
     predicts = torch.zeros_like(batch.loss_mask, dtype=torch.bool)  # [rows, L]: this position predicts a trained token
     predicts[:, :-1] = batch.loss_mask[:, 1:] > 0
     targets = torch.zeros_like(batch.input_ids)
@@ -104,9 +112,46 @@ def response_logits(model: torch.nn.Module, batch: TokenBatch) -> tuple[torch.Te
     width = batch.input_ids.shape[1]
     out = model(input_ids=batch.input_ids.to(device),
                 attention_mask=None if batch.attention_mask is None else batch.attention_mask.to(device),
-                position_ids=batch.position_ids.to(device), logits_to_keep=width - first, use_cache=False)
+                position_ids=batch.position_ids.to(device), logits_to_keep=width - first, use_cache=bool(inputs),
+                **inputs)
     keep = predicts[:, first:].to(device)
     return out.logits[keep].float(), targets[:, first:].to(device)[keep]  # [n, V], [n]
+
+
+def shared_context_length(batch: TokenBatch) -> int:
+    """Tokens every row of a padded batch starts with, none of them (nor the token after them) trained; 0 when
+    packed or when fewer than ``MIN_SHARED_PREFIX`` are shared."""
+    if batch.attention_mask is None or batch.input_ids.shape[0] < 2:
+        return 0
+    real = batch.attention_mask.bool()
+    sequences = [ids[m].tolist() for ids, m in zip(batch.input_ids, real)]
+    shared = shared_prefix_length(sequences)
+    while shared and any(float(loss[m][: shared + 1].sum()) > 0 for loss, m in zip(batch.loss_mask, real)):
+        shared -= 1  # a trained token needs the logits before it: keep it out of the shared part
+    return shared if shared >= MIN_SHARED_PREFIX else 0
+
+
+def _continue_after_shared(model: torch.nn.Module, batch: TokenBatch, shared: int, device: torch.device):
+    """The shared tokens through the model once; returns the rows' rest as a batch laid out after them
+    (``[shared][left padding][rest]``, the shared columns left out) and the model inputs that continue from
+    the shared cache."""
+    from aha.models import cache_keyword, output_cache
+
+    real = batch.attention_mask.bool()
+    rest = [ids[m][shared:].tolist() for ids, m in zip(batch.input_ids, real)]
+    rest_loss = [loss[m][shared:] for loss, m in zip(batch.loss_mask, real)]
+    ids, mask = left_pad(rest, 0)  # padding is masked: any id does
+    loss = torch.zeros(ids.shape, dtype=torch.float32)
+    for row, values in enumerate(rest_loss):
+        loss[row, ids.shape[1] - len(values):] = values
+    head = model(input_ids=batch.input_ids[0][real[0]][:shared][None].to(device),
+                 position_ids=torch.arange(shared, device=device)[None], use_cache=True, logits_to_keep=1)
+    cache = output_cache(head)
+    cache.batch_repeat_interleave(len(rest))  # differentiable: the shared part's gradient sums over the rows
+    full_mask = torch.cat([torch.ones((len(rest), shared), dtype=torch.long), mask], dim=1)
+    positions = (full_mask.cumsum(dim=1) - 1).clamp(min=0)[:, shared:]
+    inputs = {cache_keyword(model): cache}
+    return TokenBatch(ids, full_mask, positions, loss), inputs
 
 
 def response_logprobs(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:

@@ -131,3 +131,31 @@ def test_a_bad_row_stops_before_a_model_loads(tmp_path, capsys, monkeypatch):
     assert code == 2 and err.startswith(f"aha: error: {data}:2: a row needs `messages`, or `prompt` and `completion`")
     code = main(["sft", "model=tiny:qwen2", f"output_dir={tmp_path / 'run'}"])
     assert code == 2 and "dataset: give the training rows" in capsys.readouterr().err
+
+
+def test_examples_sharing_a_system_prompt_compute_it_once_with_the_same_loss_and_gradients():
+    from aha.trainer.sft import shared_context_length
+    from aha.utils.sequences import MIN_SHARED_PREFIX
+
+    model, tok = load_model("tiny:qwen2", seed=1)
+    system = list(range(20, 20 + MIN_SHARED_PREFIX + 2))
+    examples = [SFTExample(system + [5, 6, 7, 8, 9], [0] * len(system) + [0, 0, 1, 1, 1], "a"),
+                SFTExample(system + [10, 11, 12], [0] * len(system) + [0, 1, 1], "b"),
+                SFTExample(system + [13, 14, 15, 16], [0] * len(system) + [0, 0, 0, 1], "c")]
+    batch = pad_examples(examples, tok.pad_token_id)
+    assert shared_context_length(batch) == len(system)
+    results = []
+    for share in (False, True):
+        model.zero_grad()
+        if share:
+            logp = response_logprobs(model, batch)
+        else:  # each example alone: nothing shared
+            logp = torch.cat([response_logprobs(model, pad_examples([e], tok.pad_token_id)) for e in examples])
+        logp.sum().backward()
+        results.append((logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (alone, alone_grads), (shared, shared_grads) = results
+    assert torch.allclose(alone, shared, atol=1e-5) and alone.numel() == 6
+    for name in alone_grads:
+        assert torch.allclose(alone_grads[name], shared_grads[name], atol=1e-5), name
+    trained_in_system = SFTExample(system + [1, 2], [0, 1] + [0] * (len(system) - 2) + [1, 1], "d")
+    assert shared_context_length(pad_examples(examples + [trained_in_system], tok.pad_token_id)) == 0
