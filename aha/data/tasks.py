@@ -40,14 +40,14 @@ class Task(ABC):
     def eval_examples(self) -> list[dict[str, Any]]:
         """The fixed held-out set."""
 
-    def step_rewards(self, examples: list[dict[str, Any]], generations: list) -> list[list[tuple[int, float]]]:
-        """Process supervision: for each completion, ``(last token index, reward)`` of each of its reasoning
-        steps. A task that can judge steps overrides this (see ``has_step_rewards``)."""
-        raise NotImplementedError(f"task {self.name!r} gives no step rewards")
+    # A task that can judge reasoning steps (process supervision) also defines
+    #     step_rewards(examples, generations) -> list[list[tuple[int, float]]]
+    # giving, for each completion, ``(last token index, reward)`` of each of its steps.
 
     @property
     def has_step_rewards(self) -> bool:
-        return type(self).step_rewards is not Task.step_rewards
+        """Whether the task defines ``step_rewards`` (needed by ``advantage_estimator: process``)."""
+        return callable(getattr(self, "step_rewards", None))
 
     def batch(self, step: int, size: int) -> list[dict[str, Any]]:
         """The ``size`` prompts of training step ``step``."""

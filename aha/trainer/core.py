@@ -28,6 +28,7 @@ import random
 import resource
 import time
 import zlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,7 +158,7 @@ def build_policy(config, total_optimizer_steps: int, model_source: str | None = 
     return Policy(model, tokenizer, optimizer, scheduler)
 
 
-class Trainer:
+class Trainer(ABC):
     """The loop and everything around it (see the module docstring); subclasses supply ``train_step``."""
 
     progress_label = "train"
@@ -175,9 +176,9 @@ class Trainer:
         self.trackers: Trackers | None = None
 
     # --- what a trainer supplies -------------------------------------------------------------------
+    @abstractmethod
     def train_step(self, step: int) -> StepResult:
         """One step of training; ``step`` counts from 0."""
-        raise NotImplementedError
 
     def evaluate(self, step: int) -> EvalResult | None:
         """The held-out evaluation (None: this trainer has none)."""

@@ -48,13 +48,19 @@ def _shared_prefix_logits(model: torch.nn.Module, mb: TrainBatch, device: torch.
     return torch.cat([first_logits, rest.logits], dim=1)  # [m, C, V]
 
 
+def prompt_tokens(batch: TrainBatch, rows: torch.Tensor) -> list[list[int]]:
+    """The prompt tokens (padding left out) of the batch's ``rows``."""
+    p = batch.prompt_width
+    return [ids[m.bool()].tolist() for ids, m in zip(batch.input_ids[rows, :p], batch.attention_mask[rows, :p])]
+
+
 def _prompt_pass(model: torch.nn.Module, mb: TrainBatch, first_row: torch.Tensor, device: torch.device):
     """Each group's prompt through the model once: (the output, with the last position's logits and the cache;
     the prompt's attention mask ``[groups, width]``). When the prompts start with the same tokens (a system
     prompt), those are computed once for all and the prompts laid out as [shared][left padding][the rest]."""
     p = mb.prompt_width
     ids, mask = mb.input_ids[first_row, :p], mb.attention_mask[first_row, :p]
-    prompts = [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+    prompts = prompt_tokens(mb, first_row)
     shared = shared_prefix_length(prompts)
     if not shared:
         out = model(input_ids=ids.to(device), attention_mask=mask.to(device),

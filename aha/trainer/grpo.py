@@ -34,7 +34,7 @@ from aha.rewards import RewardTerm, follows_format, score
 from aha.rollout import Generation, GenerationBackend, HFBackend, SamplingParams
 from aha.run import RunLayout, World, current_world, open_run_dir
 from aha.trainer.core import EvalResult, Policy, StepResult, Trainer, build_policy, seed_everything, set_determinism
-from aha.trainer.forward import PromptPass, completion_logits
+from aha.trainer.forward import PromptPass, completion_logits, prompt_tokens
 from aha.trainer.preflight import Inputs, check_inputs
 from aha.types import TrainBatch, build_train_batch
 from aha.utils.sequences import shared_prefix_length
@@ -345,15 +345,13 @@ class GRPOTrainer(Trainer):
     def _prompt_work(self, batch: TrainBatch, rows: list[torch.Tensor]) -> float:
         """Prompt tokens one optimisation pass runs through the policy (one process): with shared prefixes the
         system prompt once and each trained group's rest once, else every row's whole prompt."""
-        prompt_tokens = batch.attention_mask[:, : batch.prompt_width].sum(dim=1)  # [N]
         if not rows:
             return 0.0
         if not self._shares_prefix():
-            return float(sum(prompt_tokens[r].sum() for r in rows))
+            prompt_lengths = batch.attention_mask[:, : batch.prompt_width].sum(dim=1)  # [N]
+            return float(sum(prompt_lengths[r].sum() for r in rows))
         groups = sorted({int(g) for r in rows for g in batch.group_ids[r]})
-        firsts = [int((batch.group_ids == g).nonzero()[0]) for g in groups]
-        prompts = [batch.input_ids[i, : batch.prompt_width][batch.attention_mask[i, : batch.prompt_width].bool()]
-                   .tolist() for i in firsts]
+        prompts = prompt_tokens(batch, torch.tensor([int((batch.group_ids == g).nonzero()[0]) for g in groups]))
         shared = shared_prefix_length(prompts)
         return float(shared + sum(len(q) - shared for q in prompts))
 

@@ -125,9 +125,11 @@ def shared_context_length(batch: TokenBatch) -> int:
         return 0
     real = batch.attention_mask.bool()
     sequences = [ids[m].tolist() for ids, m in zip(batch.input_ids, real)]
-    shared = shared_prefix_length(sequences)
-    while shared and any(float(loss[m][: shared + 1].sum()) > 0 for loss, m in zip(batch.loss_mask, real)):
-        shared -= 1  # a trained token needs the logits before it: keep it out of the shared part
+    # a trained token needs the logits before it: the shared part ends before the first trained token's
+    # predecessor, so that every trained token is predicted from the rest
+    first_trained = min(int(loss[m].nonzero()[0]) if loss[m].any() else len(loss[m])
+                        for loss, m in zip(batch.loss_mask, real))
+    shared = min(shared_prefix_length(sequences, minimum=1), first_trained - 1)
     return shared if shared >= MIN_SHARED_PREFIX else 0
 
 
