@@ -237,11 +237,15 @@ def is_peft(model: torch.nn.Module) -> bool:
     return hasattr(model, "peft_config")
 
 
-def save_hf_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:
-    """Save as a plain HF folder that ``from_pretrained`` loads unchanged (LoRA adapters merged in)."""
+def save_hf_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path,
+                   state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Save as a plain HF folder that ``from_pretrained`` loads unchanged (LoRA adapters merged in);
+    ``state_dict``: the weights to write instead of the model's own (a sharded model's, gathered)."""
     if is_peft(model):
         merged = copy.deepcopy(model).merge_and_unload()
         merged.save_pretrained(path)
+    elif state_dict is not None:
+        model.save_pretrained(path, state_dict=state_dict)
     else:
         model.save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -113,6 +113,8 @@ class GRPOConfig(TeacherSection, CheckpointSection, RunSection, OptimSection, Sa
         self.require(not (self.dynamic_sampling and self.algorithm == "ppo" and self.group_size < 2),
                      "dynamic_sampling", "needs groups (group_size >= 2) to find reward spread in")
         self.require_non_negative("ref_sync_steps", "log_completions", "engine_ratio_cap")
+        self.require(not (self.fsdp and self.algorithm == "ppo"), "fsdp",
+                     "ppo's value model is not sharded; use fsdp with algorithm=grpo")
         for name in ("beta", "eps_low", "eps_high"):
             self.require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         self.require(isinstance(self.rewards, dict) and (bool(self.rewards) or bool(self.teacher)), "rewards",

@@ -56,9 +56,15 @@ class TuningSection(Config):
     """Dropout on the LoRA path."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
+    fsdp: bool = False
+    """Under torchrun: shard the weights, gradients and optimiser state over the processes (FSDP2), for a model
+    that does not fit on one device with them; each process then holds about 1/N. No effect in one process."""
 
     def check(self) -> None:
         self.require_non_negative("lora_rank")
+        self.require(not (self.fsdp and self.lora_rank > 0), "fsdp",
+                     "fsdp shards full fine-tuning; with LoRA (lora_rank > 0) the trained weights are small, "
+                     "so leave fsdp off and let every process hold the model")
         self.require(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
 
 

@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from aha.models import is_peft, save_hf_folder
 from aha.run.layout import ADAPTER_DIR, MANIFEST_FILE, MODEL_DIR, STATE_FILE, RunLayout
+from aha.run.sharding import is_sharded, load_full_optimizer_state, load_full_state
 from aha.utils.io import atomic_directory, file_sha256, remove_directory
 
 
@@ -53,19 +54,28 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(layout: RunLayout, step: int, *, model, tokenizer, optimizer, scheduler,
                     modules: dict[str, torch.nn.Module] | None = None, state: dict[str, Any] | None = None,
-                    keep: int = 2) -> Path:
+                    keep: int = 2, gathered: dict[str, Any] | None = None) -> Path:
     """Write checkpoint ``step`` (replacing one of the same step) and delete all but the ``keep`` newest
-    (0 keeps every one). Raises DiskFullError, the previous checkpoint intact, when the disk cannot hold it."""
+    (0 keeps every one). Raises DiskFullError, the previous checkpoint intact, when the disk cannot hold it.
+    ``gathered``: the unsharded states of a sharded run (``model``, ``optimizer``, and ``modules`` by name; from
+    :mod:`aha.run.sharding`), written in place of the live objects' own."""
+    gathered = gathered or {}
+    gathered_modules = gathered.get("modules", {})
     final = layout.checkpoint(step)
     check_disk_space(layout, model, modules)
     try:
         with atomic_directory(final) as tmp:
-            save_hf_folder(model, tokenizer, tmp / MODEL_DIR)
+            save_hf_folder(model, tokenizer, tmp / MODEL_DIR, state_dict=gathered.get("model"))
             if is_peft(model):
                 model.save_pretrained(tmp / ADAPTER_DIR)
             for name, module in (modules or {}).items():
-                save_model(module, str(tmp / f"{name}.safetensors"))  # tied weights stored once
-            trainer_state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                if name in gathered_modules:  # tensors of their own: safetensors refuses shared (tied) storage
+                    save_file({k: v.clone() for k, v in gathered_modules[name].items()},
+                              str(tmp / f"{name}.safetensors"))
+                else:
+                    save_model(module, str(tmp / f"{name}.safetensors"))  # tied weights stored once
+            optimizer_state = gathered["optimizer"] if "optimizer" in gathered else optimizer.state_dict()
+            trainer_state = {"step": step, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                              "rng": rng_state(), **(state or {})}
             torch.save(trainer_state, tmp / STATE_FILE)
             write_manifest(tmp)
@@ -149,15 +159,24 @@ def load_checkpoint(path: str | Path, *, model, optimizer, scheduler,
         weights: dict[str, torch.Tensor] = {}
         for shard in sorted((path / MODEL_DIR).glob("*.safetensors")):
             weights.update(load_file(shard))
-        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if is_sharded(model):  # every rank reads the whole file and keeps its shard
+            missing, unexpected = load_full_state(model, weights, strict=False)
+        else:
+            missing, unexpected = model.load_state_dict(weights, strict=False)
         real_missing = [k for k in missing if not _is_tied(model, k)]
         if real_missing or unexpected:
             raise RuntimeError(f"{path}: checkpoint does not match the model (missing {real_missing[:3]}, "
                                f"unexpected {unexpected[:3]})")
     for name, module in (modules or {}).items():
-        load_model(module, str(path / f"{name}.safetensors"))
+        if is_sharded(module):
+            load_full_state(module, load_file(path / f"{name}.safetensors"), strict=False)
+        else:
+            load_model(module, str(path / f"{name}.safetensors"))
     state = torch.load(path / STATE_FILE, weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
+    if is_sharded(model):
+        load_full_optimizer_state(model, optimizer, state["optimizer"])
+    else:
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return state

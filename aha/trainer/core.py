@@ -40,6 +40,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from aha.config import config_to_dict, save_config
 from aha.run import RunLayout, RunLogs, World, checkpoint_problem, current_world, load_checkpoint, save_checkpoint
+from aha.run.sharding import full_optimizer_state, full_state, is_sharded, shard_model
 from aha.run.trackers import Trackers
 from aha.utils.console import make_console
 from aha.utils.io import remove_directory
@@ -100,6 +101,7 @@ class Policy:
         self.scheduler = scheduler
         self.world = world or current_world()
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.sharded = is_sharded(model)
         self.skipped = False
 
     @property
@@ -117,13 +119,16 @@ class Policy:
         """Clip the gradient norm (0: no clipping), take an optimiser and a scheduler step; returns the
         norm before clipping. A non-finite loss or gradient skips the update (gradients dropped, weights,
         optimiser and schedule untouched) and sets ``skipped``. In a distributed run the gradients are first
-        summed over ranks (``loss``: already the global one), so every rank takes the same step."""
-        self.world.all_reduce_gradients(self.params)
+        summed over ranks (``loss``: already the global one), so every rank takes the same step; a sharded
+        model's were summed by the backward pass itself (reduce-scatter), and each rank steps its shard."""
+        if not self.sharded:
+            self.world.all_reduce_gradients(self.params)
         grads = [p for p in self.params if p.grad is not None]
         norm = 0.0
         if grads:
             limit = max_grad_norm if max_grad_norm > 0 else float("inf")
-            norm = float(torch.nn.utils.clip_grad_norm_(grads, limit))
+            total = torch.nn.utils.clip_grad_norm_(grads, limit)
+            norm = float(total.full_tensor() if hasattr(total, "full_tensor") else total)  # sharded: a DTensor
         self.skipped = not math.isfinite(norm) or (loss is not None and not math.isfinite(loss))
         if self.skipped:
             self.zero_grad()
@@ -150,6 +155,9 @@ def build_policy(config, total_optimizer_steps: int, model_source: str | None = 
         model.config.use_cache = False
     if config.lora_rank > 0:
         model = apply_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout)
+    world = current_world()
+    if config.fsdp and world.distributed:  # the optimiser then holds each rank's shards
+        model = shard_model(model, world)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                                   weight_decay=config.weight_decay)
@@ -309,12 +317,16 @@ class Trainer(ABC):
         same on every rank) while the others wait, and it loads on any number of ranks."""
         p = self.policy
         path = self.layout.checkpoint(step)
+        gathered = None
+        if p.sharded:  # every rank takes part in gathering the full state; rank 0 writes it
+            gathered = {"model": full_state(p.model), "optimizer": full_optimizer_state(p.model, p.optimizer),
+                        "modules": {name: full_state(m) for name, m in self.modules().items() if is_sharded(m)}}
         if self.world.is_main:
             state = {"train_seconds": self.train_seconds, "log_sizes": self.logs.sizes(), "finished": finished,
                      "trainer": self.trainer_state(), "world_size": self.world.world_size}
             path = save_checkpoint(self.layout, step, model=p.model, tokenizer=p.tokenizer, optimizer=p.optimizer,
                                    scheduler=p.scheduler, modules=self.modules(), state=state,
-                                   keep=self.config.keep_checkpoints)
+                                   keep=self.config.keep_checkpoints, gathered=gathered)
         self.world.barrier()
         return path
 

@@ -33,6 +33,7 @@ from aha.models import is_peft
 from aha.rewards import RewardTerm, follows_format, score
 from aha.rollout import Generation, GenerationBackend, HFBackend, SamplingParams
 from aha.run import RunLayout, World, current_world, open_run_dir
+from aha.run.sharding import full_weights, pad_to_equal, shard_model
 from aha.trainer.core import EvalResult, Policy, StepResult, Trainer, build_policy, seed_everything, set_determinism
 from aha.trainer.forward import PromptPass, completion_logits, prompt_tokens
 from aha.trainer.preflight import Inputs, check_inputs
@@ -77,7 +78,7 @@ class GRPOTrainer(Trainer):
         backend = HFBackend(policy.model, policy.tokenizer, config.generation_batch_size, config.decode_loop)
         reference = None
         if config.beta > 0 and not is_peft(policy.model):  # LoRA: the reference is the base model
-            reference = copy.deepcopy(policy.model).eval().requires_grad_(False)
+            reference = load_reference(config, policy, inputs.model_source)
         teacher = load_teacher(config, policy.tokenizer) if config.teacher else None
         trainer = cls(config, layout, policy, backend, inputs.task, inputs.rewards, reference=reference,
                       teacher=teacher, console=console)
@@ -110,7 +111,8 @@ class GRPOTrainer(Trainer):
         batch it was sampled in. In a distributed run each rank samples and scores a contiguous share of the
         groups, and every rank gets all of them back, in order."""
         share = self.world.share(len(indices))
-        local = self._rollout_share([indices[i] for i in share], step)
+        with full_weights(self.model):  # a sharded model's weights gathered once for decoding
+            local = self._rollout_share([indices[i] for i in share], step)
         if not self.world.distributed:
             return local
         parts = self.world.gather([local])
@@ -265,6 +267,8 @@ class GRPOTrainer(Trainer):
         trained_tokens = sum(float(batch.completion_mask[r].sum()) for r in rows)
         # data parallel: micro-batch i is trained by rank i mod world_size; gradients are summed over ranks
         micro = [batch.select(r) for r in rows[self.world.rank :: self.world.world_size]]
+        if self.policy.sharded:  # sharded forwards are collective: every rank runs as many (masked filler)
+            micro = pad_to_equal(micro, self.world, masked(batch.select(rows[0])) if rows else None)
         t0 = time.perf_counter()
         if c.num_iterations > 1 or beta > 0 or (c.engine_ratio_cap > 0 and batch.engine_logprobs is not None):
             self._fill_reference_logprobs(micro)
@@ -356,7 +360,9 @@ class GRPOTrainer(Trainer):
         return float(shared + sum(len(q) - shared for q in prompts))
 
     def _shares_prefix(self) -> bool:
-        return self.config.share_prompt_prefix and not self.config.gradient_checkpointing
+        # a sharded model's backward reaches a block only through its output, not through the KV cache it
+        # wrote, so prompts shared through the cache would miss FSDP's gather before the block's backward
+        return self.config.share_prompt_prefix and not self.config.gradient_checkpointing and not self.policy.sharded
 
     def _logits(self, model: torch.nn.Module, mb: TrainBatch) -> torch.Tensor:
         return completion_logits(model, mb, temperature=self.config.temperature, share_prefix=self._shares_prefix())
@@ -382,8 +388,9 @@ class GRPOTrainer(Trainer):
         if not c.eval_size or not examples:
             return None
         backend = ShardedBackend(self.backend, self.world) if self.world.distributed else self.backend
-        result = evaluate_heldout(backend, self.prompts, examples, c.max_completion_length,
-                                  tuple(c.stop_strings), self.grader)
+        with full_weights(self.model):
+            result = evaluate_heldout(backend, self.prompts, examples, c.max_completion_length,
+                                      tuple(c.stop_strings), self.grader)
         return EvalResult({"size": len(result.samples), **result.metrics()}, result.samples, result.line())
 
     def modules(self) -> dict[str, torch.nn.Module]:
@@ -507,6 +514,23 @@ def step_reward_tensors(task: Task, rollouts: Rollouts, width: int) -> tuple[tor
             if 0 <= token < width:
                 rewards[row, token], ends[row, token] = float(reward), 1.0
     return rewards, ends
+
+
+def masked(mb: TrainBatch) -> TrainBatch:
+    """``mb`` with no token to learn from: a filler micro-batch whose loss and gradients are zero."""
+    mb.completion_mask = torch.zeros_like(mb.completion_mask)
+    return mb
+
+
+def load_reference(config: GRPOConfig, policy: Policy, model_source: str | None) -> torch.nn.Module:
+    """The frozen reference of the KL term: a copy of the starting policy (sharded like it, when it is)."""
+    if not policy.sharded:
+        return copy.deepcopy(policy.model).eval().requires_grad_(False)
+    from aha.models import load_model
+
+    model, _ = load_model(model_source or config.model, dtype=config.dtype, device=config.device, seed=config.seed,
+                          tokenizer=policy.tokenizer)
+    return shard_model(model.eval().requires_grad_(False), policy.world)
 
 
 def load_teacher(config: GRPOConfig, tokenizer) -> torch.nn.Module:

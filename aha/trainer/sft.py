@@ -27,6 +27,7 @@ from aha.data.conversations import SFTExample, load_examples, parse_row
 from aha.data.prompts import PromptBuilder
 from aha.data.readers import DataError, read_rows
 from aha.run import RunLayout, open_run_dir
+from aha.run.sharding import is_sharded, pad_to_equal
 from aha.trainer.core import EvalResult, Policy, StepResult, Trainer, build_policy, seed_everything, set_determinism
 from aha.trainer.preflight import check_model
 from aha.utils.sequences import MIN_SHARED_PREFIX, left_pad, shared_prefix_length
@@ -96,7 +97,8 @@ def response_logits(model: torch.nn.Module, batch: TokenBatch) -> tuple[torch.Te
     When the rows start with the same untrained tokens (a system prompt), those run through the model once for
     the micro-batch and the rows continue from their cache."""
     device = next(model.parameters()).device
-    shared = shared_context_length(batch)
+    # a sharded model's backward reaches a block only through its output, not a cache it wrote: no sharing
+    shared = 0 if is_sharded(model) else shared_context_length(batch)
     if shared:
         batch, inputs = _continue_after_shared(model, batch, shared, device)
     else:
@@ -260,19 +262,24 @@ class SFTTrainer(Trainer):
         examples = self.step_examples(step)
         batches = self.micro_batches(examples)
         total = sum(b.trained_tokens for b in batches)  # of the whole step: every loss is normalised by it
+        filler = batches[0]
         batches = batches[self.world.rank :: self.world.world_size]  # data parallel: micro-batch i on rank i mod N
+        real = len(batches)
+        if self.policy.sharded:  # sharded forwards are collective: every rank runs as many (zero-weighted filler)
+            batches = pad_to_equal(batches, self.world, filler)
         self.policy.model.train()
         self.policy.zero_grad()
         sums = {"loss": 0.0, "nll": 0.0, "kl": 0.0}
         alpha = c.distill_alpha if self.teacher is not None else 0.0
-        for batch in batches:
+        for i, batch in enumerate(batches):
+            weight = 1.0 if i < real else 0.0
             logits, labels = response_logits(self.policy.model, batch)  # [n, V], [n]
-            nll = -token_logprobs(logits.unsqueeze(0), labels.unsqueeze(0)).sum() / max(total, 1)
+            nll = -weight * token_logprobs(logits.unsqueeze(0), labels.unsqueeze(0)).sum() / max(total, 1)
             loss = (1 - alpha) * nll
             if self.teacher is not None:
                 with torch.no_grad():
                     teacher_logits, _ = response_logits(self.teacher, batch)
-                kl = distillation_kl(logits, teacher_logits, c.distill_temperature) / max(total, 1)
+                kl = weight * distillation_kl(logits, teacher_logits, c.distill_temperature) / max(total, 1)
                 loss = loss + alpha * kl
                 sums["kl"] += float(kl.detach())
             loss.backward()
@@ -302,12 +309,17 @@ class SFTTrainer(Trainer):
         nll, count = 0.0, 0
         share = self.world.share(len(self.heldout))  # data parallel: each rank scores a share
         mine = self.heldout[share.start: share.stop]
+        size = self.config.micro_batch_size
+        batches = [pad_examples(mine[i: i + size], self.pad_id) for i in range(0, len(mine), size)]
+        real = len(batches)
+        if self.policy.sharded:  # as many (collective) forwards on every rank; the filler is not counted
+            batches = pad_to_equal(batches, self.world, pad_examples(self.heldout[:1], self.pad_id))
         try:
-            for i in range(0, len(mine), self.config.micro_batch_size):
-                batch = pad_examples(mine[i: i + self.config.micro_batch_size], self.pad_id)
+            for i, batch in enumerate(batches):
                 logp = response_logprobs(self.policy.model, batch)
-                nll -= float(logp.sum())
-                count += logp.numel()
+                if i < real:
+                    nll -= float(logp.sum())
+                    count += logp.numel()
         finally:
             self.policy.model.train(was_training)
         totals = self.world.sum({"nll": nll, "count": float(count)})
