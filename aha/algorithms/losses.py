@@ -147,7 +147,13 @@ def policy_loss(
         if kl is not None:
             stats["kl"] = float((kl * mask).sum() / mask.sum().clamp(min=1))
         if engine_weight is not None:
-            stats["engine_ratio"] = float((engine_weight * mask).sum() / mask.sum().clamp(min=1))
+            n = mask.sum().clamp(min=1)
+            raw = torch.exp(old_logprobs.detach() - engine_logprobs)  # [B, T] pi_old / pi_engine, uncapped
+            stats["engine_ratio"] = float((engine_weight * mask).sum() / n)
+            # the train/inference mismatch: KL(engine || trainer) by k3 on the engine's samples, and how often the
+            # cap bites
+            stats["engine_kl"] = float(((raw - 1 - torch.log(raw)) * mask).sum() / n)
+            stats["engine_capped"] = float(((raw > engine_ratio_cap).to(mask.dtype) * mask).sum() / n)
     return loss, stats
 
 

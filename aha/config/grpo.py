@@ -39,6 +39,14 @@ class GRPOConfig(TeacherSection, CheckpointSection, RunSection, OptimSection, Sa
     max_completions: int = 0
     """Stop once this many completions have been sampled (a generation budget, e.g. to compare variants that
     sample different amounts per step; 0: no limit)."""
+    rollout_engine: Literal["transformers", "vllm"] = "transformers"
+    """transformers: the policy samples its own rollouts (CPU or GPU). vllm: a vLLM engine in the same process,
+    on the GPU, that takes the policy's weights after every optimiser step (pip install 'aha[vllm]'; pair it
+    with engine_ratio_cap, e.g. 2, to correct for the engine's numerics)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """vllm: the share of the GPU's memory the engine may take (weights, KV cache); the trainer keeps the rest."""
+    vllm_sleep: bool = True
+    """vllm: free the engine's GPU memory while the trainer steps (weights to the CPU, KV cache dropped)."""
 
     # --- rewards and objective ---------------------------------------------------------------------
     rewards: dict[str, Any] = dataclasses.field(default_factory=lambda: {
@@ -113,6 +121,8 @@ class GRPOConfig(TeacherSection, CheckpointSection, RunSection, OptimSection, Sa
         self.require(not (self.dynamic_sampling and self.algorithm == "ppo" and self.group_size < 2),
                      "dynamic_sampling", "needs groups (group_size >= 2) to find reward spread in")
         self.require_non_negative("ref_sync_steps", "log_completions", "engine_ratio_cap")
+        self.require(0 < self.vllm_gpu_memory_utilization < 1, "vllm_gpu_memory_utilization",
+                     f"must be in (0, 1), got {self.vllm_gpu_memory_utilization}")
         self.require(not (self.fsdp and self.algorithm == "ppo"), "fsdp",
                      "ppo's value model is not sharded; use fsdp with algorithm=grpo")
         for name in ("beta", "eps_low", "eps_high"):

@@ -75,7 +75,7 @@ class GRPOTrainer(Trainer):
         set_determinism(config.deterministic, config.threads)
         seed_everything(config.seed)
         policy = build_policy(config, config.max_steps * config.num_iterations, inputs.model_source)
-        backend = HFBackend(policy.model, policy.tokenizer, config.generation_batch_size, config.decode_loop)
+        backend = make_backend(config, policy)
         reference = None
         if config.beta > 0 and not is_peft(policy.model):  # LoRA: the reference is the base model
             reference = load_reference(config, policy, inputs.model_source)
@@ -514,6 +514,21 @@ def step_reward_tensors(task: Task, rollouts: Rollouts, width: int) -> tuple[tor
             if 0 <= token < width:
                 rewards[row, token], ends[row, token] = float(reward), 1.0
     return rewards, ends
+
+
+def make_backend(config: GRPOConfig, policy: Policy) -> GenerationBackend:
+    """The rollout engine ``rollout_engine`` names, following the policy."""
+    if config.rollout_engine == "vllm":
+        from aha.rollout.vllm import VLLMBackend, VLLMUnavailableError
+
+        try:
+            return VLLMBackend(policy.model, policy.tokenizer,
+                               gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+                               max_model_len=config.max_prompt_length + config.max_completion_length,
+                               sleep=config.vllm_sleep, seed=config.seed)
+        except VLLMUnavailableError as err:
+            raise config.error("rollout_engine", str(err)) from None
+    return HFBackend(policy.model, policy.tokenizer, config.generation_batch_size, config.decode_loop)
 
 
 def masked(mb: TrainBatch) -> TrainBatch:

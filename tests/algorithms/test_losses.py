@@ -143,6 +143,9 @@ def test_engine_ratio_weights_each_token_and_is_capped():
     expected = (-(1.10517 + 2 * 1 + 3 * 0.740818) + 1.8) / 5
     assert loss.item() == pytest.approx(expected, abs=1e-5)
     assert stats["engine_ratio"] == pytest.approx((1 + 2 + 3 + 1 + 1) / 5)
+    # the mismatch, uncapped ratios r = [1, 2, 4 | 1, 1]: k3 = r - 1 - ln r = [0, 1 - ln 2, 3 - ln 4 | 0, 0]
+    assert stats["engine_kl"] == pytest.approx((1 - math.log(2) + 3 - math.log(4)) / 5, abs=1e-6)
+    assert stats["engine_capped"] == pytest.approx(1 / 5)  # the 4 only
     off, _ = policy_loss(LOGP, OLD, ADV, MASK, loss_type="dapo", engine_logprobs=engine)  # cap 0: off
     assert off.item() == pytest.approx(-0.2091976, abs=1e-6)
 
