@@ -135,6 +135,7 @@ class Policy:
             return norm
         self.optimizer.step()
         self.scheduler.step()
+        self.zero_grad()  # the gradients' memory is free while the next rollouts are sampled
         return norm
 
 

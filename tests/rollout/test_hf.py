@@ -144,3 +144,29 @@ def test_prompts_sharing_a_system_prompt_sample_as_when_computed_whole():
         if params.logprobs:
             for x, y in zip(a, b):
                 assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4)
+
+
+def test_packed_linears_compute_what_the_plain_layers_do_and_are_undone_after():
+    import pytest
+
+    from aha.rollout.hf import packed_linears
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    model, _ = load_model("tiny:llama", seed=4)
+    ids = torch.tensor([[5, 6, 7, 8, 9], [9, 8, 7, 6, 5]])
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        with packed_linears(model):
+            assert all("forward" in vars(m) for m in model.modules() if type(m) is torch.nn.Linear)
+            packed = model(input_ids=ids).logits
+        assert not any("forward" in vars(m) for m in model.modules())  # the class's forward again
+        again = model(input_ids=ids).logits
+    torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-5)
+    assert torch.equal(again, plain)
+    # the packed copy is taken when the context starts: later weight changes are seen by the next generation
+    with torch.no_grad():
+        model.lm_head.weight.mul_(2.0)
+        with packed_linears(model):
+            doubled = model(input_ids=ids).logits
+        torch.testing.assert_close(doubled, model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
