@@ -39,8 +39,11 @@ def run_aha(args, out: Path) -> dict:
     start = time.time()
     subprocess.run(cmd, check=True)
     summary = json.loads((run_dir / "summary.json").read_text())
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {"wall_s": time.time() - start, "steps": summary["steps"], "train_s": summary["train_seconds"],
-            "peak_rss_gb": summary.get("peak_rss_gb"), "before": summary["before"], "after": summary["after"]}
+            "peak_rss_gb": summary.get("peak_rss_gb"), "before": summary["before"], "after": summary["after"],
+            "completions": sum(m["sampled_completions"] for m in metrics),
+            "completion_tokens": sum(m["generated_tokens"] for m in metrics)}
 
 
 def run_trl(args, out: Path) -> dict:
@@ -99,19 +102,29 @@ def trl_child(args, out: Path) -> None:
     train_s = time.time() - budget.start
     after = evaluate_heldout(HFBackend(trainer.model, tokenizer), builder, task.eval_examples(), 32, stop).metrics()
     trainer.save_model(str(out / "trl" / "final"))
+    steps = [entry for entry in trainer.state.log_history if "completions/mean_length" in entry]
+    per_step = config.per_device_train_batch_size  # completions sampled per step (prompts x num_generations)
     result = {"steps": trainer.state.global_step, "train_s": train_s, "before": before, "after": after,
               "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+              "completions": per_step * len(steps),
+              "completion_tokens": round(sum(e["completions/mean_length"] * per_step for e in steps)),
               "log": trainer.state.log_history}
     (out / "trl" / "result.json").write_text(json.dumps(result, indent=2))
 
 
 def table(results: dict) -> str:
-    lines = ["| trainer | steps | train min | wall min | peak RSS GB | strict before → after "
-             "| lenient before → after |",
-             "|---|---|---|---|---|---|---|"]
+    """The side-by-side table; completion tokens/s of training (tokens sampled and trained on, per second of
+    the training budget) against the last trainer's (TRL's)."""
+    lines = ["| trainer | steps | s/step | completions | completion tokens | tokens/s of training | ratio | "
+             "train min | wall min | peak RSS GB | strict before → after | lenient before → after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rates = {name: r.get("completion_tokens", 0) / max(r["train_s"], 1e-9) for name, r in results.items()}
+    peer = list(rates.values())[-1]
     for name, r in results.items():
         b, a = r["before"], r["after"]
-        lines.append(f"| {name} | {r['steps']} | {r['train_s'] / 60:.1f} | {r['wall_s'] / 60:.1f} | "
+        lines.append(f"| {name} | {r['steps']} | {r['train_s'] / max(r['steps'], 1):.1f} | {r.get('completions', 0)} | "
+                     f"{r.get('completion_tokens', 0)} | {rates[name]:.1f} | {rates[name] / max(peer, 1e-9):.1f}× | "
+                     f"{r['train_s'] / 60:.1f} | {r['wall_s'] / 60:.1f} | "
                      f"{r['peak_rss_gb'] or float('nan'):.1f} | {100 * b['strict_accuracy']:.0f}% → "
                      f"{100 * a['strict_accuracy']:.0f}% | {100 * b['lenient_accuracy']:.0f}% → "
                      f"{100 * a['lenient_accuracy']:.0f}% |")

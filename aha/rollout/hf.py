@@ -24,6 +24,7 @@ from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedModel,
 
 from aha.models import cache_keyword, output_cache
 from aha.rollout.base import Generation, SamplingParams
+from aha.utils.memory import release_free_memory
 from aha.utils.sequences import left_pad, shared_prefix_length
 
 
@@ -107,6 +108,8 @@ def packed_linears(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for module in patched:
             del module.forward  # the class's forward again
+        if patched:
+            release_free_memory()
 
 
 class HFBackend:

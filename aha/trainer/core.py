@@ -44,6 +44,7 @@ from aha.run.sharding import full_optimizer_state, full_state, is_sharded, shard
 from aha.run.trackers import Trackers
 from aha.utils.console import make_console
 from aha.utils.io import remove_directory
+from aha.utils.memory import release_free_memory
 from aha.utils.signals import GracefulStop
 
 
@@ -136,6 +137,7 @@ class Policy:
         self.optimizer.step()
         self.scheduler.step()
         self.zero_grad()  # the gradients' memory is free while the next rollouts are sampled
+        release_free_memory()
         return norm
 
 
