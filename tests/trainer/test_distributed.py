@@ -92,22 +92,28 @@ def test_grpo_on_two_processes_equals_one_and_resumes_on_one(tmp_path):
     assert_same_weights(weights(tmp_path / "two", 4), weights(tmp_path / "straight", 4))
 
 
-def test_sft_on_two_processes_equals_one(tmp_path):
+def check_sft_on_two_processes_equals_one(tmp_path, *settings: str, two: tuple[str, ...] = ()) -> None:
+    """``aha sft`` on 1 and on 2 processes (``two``: settings of the 2-process run only): the same trained
+    tokens, losses, held-out losses and final weights."""
     data = write_rows(tmp_path / "data.jsonl", 24)
-    settings = ["model=tiny:qwen2", f"dataset={data}", "field_map={prompt: question, completion: response}",
+    settings = ("model=tiny:qwen2", f"dataset={data}", "field_map={prompt: question, completion: response}",
                 "batch_size=8", "micro_batch_size=3", "learning_rate=3e-3", "num_epochs=1", "save_steps=2",
-                "prompt_template=chat", "threads=1"]
+                "prompt_template=chat", "threads=1", *settings)
     aha(tmp_path, 1, "sft", *settings, "output_dir=one")
-    aha(tmp_path, 2, "sft", *settings, "output_dir=two")
-    one, two = lines(tmp_path / "one/metrics.jsonl"), lines(tmp_path / "two/metrics.jsonl")
-    assert [m["step"] for m in two] == [m["step"] for m in one]
-    for a, b in zip(one, two):
+    aha(tmp_path, 2, "sft", *settings, *two, "output_dir=two")
+    one, two_metrics = lines(tmp_path / "one/metrics.jsonl"), lines(tmp_path / "two/metrics.jsonl")
+    assert [m["step"] for m in two_metrics] == [m["step"] for m in one]
+    for a, b in zip(one, two_metrics):
         assert a["trained_tokens"] == b["trained_tokens"]
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     evals_one, evals_two = lines(tmp_path / "one/eval.jsonl"), lines(tmp_path / "two/eval.jsonl")
-    assert [e["loss"] for e in evals_one] == pytest.approx([e["loss"] for e in evals_two], rel=1e-5)
+    assert evals_one and [e["loss"] for e in evals_one] == pytest.approx([e["loss"] for e in evals_two], rel=1e-5)
     last = one[-1]["step"]
     assert_same_weights(weights(tmp_path / "one", last), weights(tmp_path / "two", last))
+
+
+def test_sft_on_two_processes_equals_one(tmp_path):
+    check_sft_on_two_processes_equals_one(tmp_path)
 
 
 def test_commands_other_than_train_and_sft_refuse_several_processes(tmp_path):
