@@ -260,3 +260,14 @@ def cache_keyword(model: torch.nn.Module) -> str:
 def output_cache(output):
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
+
+
+def prefix_cache(model: torch.nn.Module, prefix: torch.Tensor, copies: int):
+    """The KV cache of the tokens ``prefix`` (``[1, n]``, on the model's device) run through the model once,
+    repeated for ``copies`` rows that all start with them (differentiable when gradients are on: the prefix's
+    gradient sums over the rows)."""
+    head = model(input_ids=prefix, position_ids=torch.arange(prefix.shape[1], device=prefix.device)[None],
+                 use_cache=True, logits_to_keep=1)
+    cache = output_cache(head)
+    cache.batch_repeat_interleave(copies)
+    return cache

@@ -39,6 +39,18 @@ class Generation:
     A trainer compares them with its own to correct for an engine whose numerics differ."""
 
 
+def end_token_ids(model, tokenizer) -> set[int]:
+    """The tokens that end a completion: the model's generation config's end token(s) and the tokenizer's."""
+    eos = model.generation_config.eos_token_id
+    ends = (eos if isinstance(eos, list) else [eos]) + [tokenizer.eos_token_id]
+    return {i for i in ends if i is not None}
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id that pads prompts and completions: the tokenizer's pad token, else its end token."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 class GenerationBackend(Protocol):
     """What the trainer and evaluator need from a rollout engine (transformers, vLLM, a server)."""
 

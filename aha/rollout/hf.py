@@ -22,8 +22,8 @@ import torch
 from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase,
                           TopPLogitsWarper)
 
-from aha.models import cache_keyword, output_cache
-from aha.rollout.base import Generation, SamplingParams
+from aha.models import cache_keyword, output_cache, prefix_cache as shared_cache
+from aha.rollout.base import Generation, SamplingParams, end_token_ids, pad_token_id
 from aha.utils.memory import release_free_memory
 from aha.utils.sequences import left_pad, shared_prefix_length
 
@@ -122,10 +122,8 @@ class HFBackend:
         self.batch_size = batch_size
         self.decode_loop = decode_loop
         """The project's decode loop (ended rows leave the batch); False: ``transformers.generate``."""
-        eos = model.generation_config.eos_token_id
-        eos_ids = eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id]
-        self.eos_ids = {i for i in eos_ids if i is not None} | {tokenizer.eos_token_id}
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids = end_token_ids(model, tokenizer)
+        self.pad_id = pad_token_id(tokenizer)
         self.cache_kw = cache_keyword(model)
 
     def sync_weights(self) -> None:
@@ -172,10 +170,7 @@ class HFBackend:
             positions = (attention_mask[:, :-1].cumsum(1) - 1).clamp(min=0)
             inputs = {}
             if shared:
-                head = self.model(input_ids=prefix_ids, position_ids=positions[:1, :shared], use_cache=True,
-                                  logits_to_keep=1)
-                prefix_cache = output_cache(head)
-                prefix_cache.batch_repeat_interleave(len(prompts))
+                prefix_cache = shared_cache(self.model, prefix_ids, len(prompts))
                 inputs = {self.cache_kw: prefix_cache}
             if width - 1 > shared:
                 prefix = self.model(input_ids=input_ids[:, shared:-1], attention_mask=attention_mask[:, :-1],

@@ -50,7 +50,7 @@ from packaging.version import Version
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from aha.models import cache_dir, is_peft, save_hf_folder
-from aha.rollout.base import Generation, SamplingParams
+from aha.rollout.base import Generation, SamplingParams, end_token_ids, pad_token_id
 
 __all__ = ["VLLM_VERSIONS", "VLLMBackend", "VLLMUnavailableError", "policy_weights"]
 
@@ -193,10 +193,8 @@ class VLLMBackend:
         self.model = model
         self.tokenizer = tokenizer
         self.sleep = sleep
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        eos = model.generation_config.eos_token_id
-        ends = (eos if isinstance(eos, list) else [eos]) + [tokenizer.eos_token_id]
-        self.eos_ids = sorted({i for i in ends if i is not None})
+        self.pad_id = pad_token_id(tokenizer)
+        self.eos_ids = sorted(end_token_ids(model, tokenizer))
         """The tokens that end a completion, as HFBackend's (passed to the engine as ``stop_token_ids``)."""
         base = model.get_base_model() if is_peft(model) else model
         self._scratch: tempfile.TemporaryDirectory | None = None

@@ -10,7 +10,7 @@ import copy
 
 import torch
 
-from aha.models import cache_keyword, output_cache
+from aha.models import cache_keyword, output_cache, prefix_cache
 from aha.types import TrainBatch
 from aha.utils.sequences import left_pad, shared_prefix_length
 
@@ -66,10 +66,7 @@ def _prompt_pass(model: torch.nn.Module, mb: TrainBatch, first_row: torch.Tensor
         out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                     position_ids=mb.position_ids[first_row, :p].to(device), use_cache=True, logits_to_keep=1)
         return out, mask.to(device)
-    head = model(input_ids=torch.tensor([prompts[0][:shared]], device=device),
-                 position_ids=torch.arange(shared, device=device)[None], use_cache=True, logits_to_keep=1)
-    cache = output_cache(head)
-    cache.batch_repeat_interleave(len(prompts))  # differentiable: the prefix's gradient sums over the groups
+    cache = prefix_cache(model, torch.tensor([prompts[0][:shared]], device=device), len(prompts))
     rest_ids, rest_mask = left_pad([q[shared:] for q in prompts], 0, device)  # padding is masked: any id does
     full_mask = torch.cat([torch.ones((len(prompts), shared), dtype=torch.long, device=device), rest_mask], dim=1)
     positions = (full_mask.cumsum(1) - 1).clamp(min=0)[:, shared:]

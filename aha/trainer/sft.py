@@ -26,6 +26,7 @@ from aha.config.sft import SFTConfig
 from aha.data.conversations import SFTExample, load_examples, parse_row
 from aha.data.prompts import PromptBuilder
 from aha.data.readers import DataError, read_rows
+from aha.rollout.base import pad_token_id
 from aha.run import RunLayout, open_run_dir
 from aha.run.sharding import is_sharded, pad_to_equal
 from aha.trainer.core import EvalResult, Policy, StepResult, Trainer, build_policy, seed_everything, set_determinism
@@ -139,7 +140,7 @@ def _continue_after_shared(model: torch.nn.Module, batch: TokenBatch, shared: in
     """The shared tokens through the model once; returns the rows' rest as a batch laid out after them
     (``[shared][left padding][rest]``, the shared columns left out) and the model inputs that continue from
     the shared cache."""
-    from aha.models import cache_keyword, output_cache
+    from aha.models import cache_keyword, prefix_cache
 
     real = batch.attention_mask.bool()
     rest = [ids[m][shared:].tolist() for ids, m in zip(batch.input_ids, real)]
@@ -148,10 +149,7 @@ def _continue_after_shared(model: torch.nn.Module, batch: TokenBatch, shared: in
     loss = torch.zeros(ids.shape, dtype=torch.float32)
     for row, values in enumerate(rest_loss):
         loss[row, ids.shape[1] - len(values):] = values
-    head = model(input_ids=batch.input_ids[0][real[0]][:shared][None].to(device),
-                 position_ids=torch.arange(shared, device=device)[None], use_cache=True, logits_to_keep=1)
-    cache = output_cache(head)
-    cache.batch_repeat_interleave(len(rest))  # differentiable: the shared part's gradient sums over the rows
+    cache = prefix_cache(model, batch.input_ids[0][real[0]][:shared][None].to(device), len(rest))
     full_mask = torch.cat([torch.ones((len(rest), shared), dtype=torch.long), mask], dim=1)
     positions = (full_mask.cumsum(dim=1) - 1).clamp(min=0)[:, shared:]
     inputs = {cache_keyword(model): cache}
@@ -194,8 +192,7 @@ class SFTTrainer(Trainer):
         self.train = train
         self.heldout = heldout
         self.data_report = data_report or {}
-        self.pad_id = policy.tokenizer.pad_token_id if policy.tokenizer.pad_token_id is not None else \
-            policy.tokenizer.eos_token_id
+        self.pad_id = pad_token_id(policy.tokenizer)
         self.steps_per_epoch = math.ceil(len(train) / config.batch_size)
 
     @staticmethod
