@@ -233,6 +233,19 @@ def apply_lora(model: PreTrainedModel, rank: int, alpha: float, dropout: float =
     return get_peft_model(model, config)
 
 
+def sparse_embedding_gradients(model: torch.nn.Module) -> bool:
+    """Make the input embedding's backward produce a sparse gradient (the rows of the tokens seen) instead of
+    a dense [vocab, hidden] one that is zeroed, scattered into and added once per micro-batch: for a 49K-token
+    vocabulary that is 4% of a default CPU step's forward-backward (docs/benchmarks.md). The
+    optimiser still sees a dense gradient (``Policy.step`` makes it one). Returns whether it applies (a
+    trainable ``nn.Embedding`` without ``max_norm``)."""
+    embedding = model.get_input_embeddings()
+    if not isinstance(embedding, torch.nn.Embedding) or not embedding.weight.requires_grad or embedding.max_norm:
+        return False
+    embedding.sparse = True
+    return True
+
+
 def is_peft(model: torch.nn.Module) -> bool:
     return hasattr(model, "peft_config")
 

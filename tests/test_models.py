@@ -62,3 +62,30 @@ def test_default_model_converts_once_from_gguf_and_reloads_identically():
     again, _ = load_model("smollm2-135m-instruct")  # from the cached safetensors folder now
     assert time.perf_counter() - start < 10
     assert torch.equal(model.model.embed_tokens.weight, again.model.embed_tokens.weight)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_sparse_embedding_gradients_train_the_same_weights_as_dense_ones(tied):
+    from aha.models import char_tokenizer, sparse_embedding_gradients, tiny_model
+    from aha.trainer.core import Policy
+
+    tok = char_tokenizer()
+    ids = [tok(t, return_tensors="pt").input_ids for t in ("12 + 30 = 42", "7 - 9 = -2, so")]
+    states = []
+    for sparse in (False, True):
+        model = tiny_model("llama", tok, seed=3)
+        if not tied:  # an output layer of its own: the embedding's gradient is all sparse
+            model.config.tie_word_embeddings = False
+            model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+        assert sparse_embedding_gradients(model) if sparse else True
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        policy = Policy(model, tok, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0))
+        for _ in range(2):  # two optimiser steps of two micro-batches each
+            for x in ids:
+                model(input_ids=x, labels=x).loss.backward()
+            if sparse:
+                assert model.get_input_embeddings().weight.grad.is_sparse is (not tied)
+            policy.step(max_grad_norm=1.0)
+        states.append(model.state_dict())
+    dense, sparse = states
+    assert all(torch.allclose(dense[k], sparse[k], atol=1e-6) for k in dense)

@@ -89,6 +89,9 @@ def set_determinism(deterministic: bool, threads: int = 0) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    # Deterministic mode also fills every new tensor with NaN to expose reads of uninitialised memory: a pass
+    # over each allocation (a tenth of a CPU step, mostly page faults on fresh memory) that changes no result.
+    torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 class Policy:
@@ -122,6 +125,9 @@ class Policy:
         optimiser and schedule untouched) and sets ``skipped``. In a distributed run the gradients are first
         summed over ranks (``loss``: already the global one), so every rank takes the same step; a sharded
         model's were summed by the backward pass itself (reduce-scatter), and each rank steps its shard."""
+        for p in self.params:  # a sparse embedding gradient (aha.models.sparse_embedding_gradients) made dense
+            if p.grad is not None and p.grad.is_sparse:
+                p.grad = p.grad.to_dense()
         if not self.sharded:
             self.world.all_reduce_gradients(self.params)
         grads = [p for p in self.params if p.grad is not None]
@@ -148,7 +154,7 @@ def build_policy(config, total_optimizer_steps: int, model_source: str | None = 
     import transformers
     from transformers import get_scheduler
 
-    from aha.models import apply_lora, load_model
+    from aha.models import apply_lora, load_model, sparse_embedding_gradients
 
     transformers.utils.logging.disable_progress_bar()
     model, tokenizer = load_model(model_source or config.model, dtype=config.dtype, device=config.device,
@@ -161,6 +167,8 @@ def build_policy(config, total_optimizer_steps: int, model_source: str | None = 
     world = current_world()
     if config.fsdp and world.distributed:  # the optimiser then holds each rank's shards
         model = shard_model(model, world)
+    else:
+        sparse_embedding_gradients(model)  # the optimiser gets it dense (Policy.step)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                                   weight_decay=config.weight_decay)

@@ -271,7 +271,7 @@ class GRPOTrainer(Trainer):
             micro = pad_to_equal(micro, self.world, masked(batch.select(rows[0])) if rows else None)
         t0 = time.perf_counter()
         if c.num_iterations > 1 or beta > 0 or (c.engine_ratio_cap > 0 and batch.engine_logprobs is not None):
-            self._fill_reference_logprobs(micro)
+            self._fill_reference_logprobs(batch, micro)
         self.timing["logprobs"] = time.perf_counter() - t0  # old and reference log-probs
         self.timing["forward_backward"] = self.timing["optimizer"] = 0.0
         stats: dict[str, float] = {"trained_sequences": trained_sequences,  # tokens through the policy in a pass
@@ -282,10 +282,7 @@ class GRPOTrainer(Trainer):
             sums: dict[str, float] = {}
             entropy_sum = 0.0
             t0 = time.perf_counter()
-            prompts = None
-            if self._shares_prefix() and micro:  # every prompt through the policy once per pass
-                groups = sorted({int(g) for mb in micro for g in mb.group_ids})
-                prompts = PromptPass(self.model, batch, groups)
+            prompts = self._prompt_pass(self.model, batch, micro)  # every prompt through the policy once a pass
             for mb in micro:
                 if prompts is not None:
                     logits = prompts.completion_logits(mb, c.temperature)  # [m, C, V]
@@ -319,18 +316,23 @@ class GRPOTrainer(Trainer):
         return stats
 
     def _micro_batch_rows(self, batch: TrainBatch) -> list[torch.Tensor]:
-        """Rows to train on, packed group by group into micro-batches of at most micro_batch_size rows.
+        """Rows to train on, in micro-batches of at most micro_batch_size rows, longest completions first.
 
         With no KL term a zero-advantage row has exactly zero gradient, so it is skipped (whole groups
         with no reward spread, typically); the loss normalisers still count it, because they are the full
-        batch's counts. Groups stay together so that a micro-batch computes each prompt once; longer
-        completions go first so each micro-batch trims its padding.
+        batch's counts. When the prompts run once per pass (:class:`PromptPass`), rows are sorted by length
+        over the whole batch, so a micro-batch pads its completions to a width close to their own; otherwise
+        groups stay together so that a micro-batch computes each prompt once, longest groups first.
         """
         c = self.config
         nonzero = batch.advantages != 0 if batch.advantages.dim() == 1 else (batch.advantages != 0).any(dim=1)
         keep = torch.ones(batch.size, dtype=torch.bool) if self.loss_beta > 0 else nonzero
         keep &= batch.completion_mask.sum(dim=1) > 0  # rows with no token to learn from (masked, empty)
         lengths = batch.completion_mask.sum(dim=1)
+        if self._shares_prefix():
+            rows = keep.nonzero().flatten()
+            rows = rows[lengths[rows].argsort(descending=True, stable=True)]
+            return list(rows.split(c.micro_batch_size)) if rows.numel() else []
         groups = [rows for g in batch.group_ids.unique()
                   if (rows := ((batch.group_ids == g) & keep).nonzero().flatten()).numel()]
         groups.sort(key=lambda rows: -float(lengths[rows].max()))
@@ -368,18 +370,31 @@ class GRPOTrainer(Trainer):
         return completion_logits(model, mb, temperature=self.config.temperature, share_prefix=self._shares_prefix())
 
     @torch.no_grad()
-    def _fill_reference_logprobs(self, micro: list[TrainBatch]) -> None:
+    def _fill_reference_logprobs(self, batch: TrainBatch, micro: list[TrainBatch]) -> None:
         c = self.config
-        for mb in micro:
-            if c.num_iterations > 1 or mb.engine_logprobs is not None:  # else old = current, detached, in the loss
-                mb.old_logprobs = token_logprobs(self._logits(self.model, mb), mb.completion_ids)
-            if self.loss_beta > 0:
-                if self.reference is not None:
-                    logits = self._logits(self.reference, mb)
-                else:  # LoRA: the reference is the base model, i.e. the policy with adapters off
-                    with self.model.disable_adapter():
-                        logits = self._logits(self.model, mb)
-                mb.ref_logprobs = token_logprobs(logits, mb.completion_ids)
+
+        def logprobs(model: torch.nn.Module) -> list[torch.Tensor]:
+            prompts = self._prompt_pass(model, batch, micro)
+            return [token_logprobs(prompts.completion_logits(mb, c.temperature) if prompts is not None
+                                   else self._logits(model, mb), mb.completion_ids) for mb in micro]
+
+        if c.num_iterations > 1 or any(mb.engine_logprobs is not None for mb in micro):
+            for mb, old in zip(micro, logprobs(self.model)):  # else old = current, detached, in the loss
+                mb.old_logprobs = old
+        if self.loss_beta > 0:
+            if self.reference is not None:
+                ref = logprobs(self.reference)
+            else:  # LoRA: the reference is the base model, i.e. the policy with adapters off
+                with self.model.disable_adapter():
+                    ref = logprobs(self.model)
+            for mb, r in zip(micro, ref):
+                mb.ref_logprobs = r
+
+    def _prompt_pass(self, model: torch.nn.Module, batch: TrainBatch, micro: list[TrainBatch]) -> PromptPass | None:
+        """Every prompt the micro-batches use through ``model`` once, when prompts are shared (else None)."""
+        if not self._shares_prefix() or not micro:
+            return None
+        return PromptPass(model, batch, sorted({int(g) for mb in micro for g in mb.group_ids}))
 
     # --- the run core's hooks ----------------------------------------------------------------------
     def evaluate(self, step: int) -> EvalResult | None:

@@ -158,3 +158,30 @@ def test_engine_logprobs_match_the_trainers_own(tmp_path):
         mine = token_logprobs(completion_logits(trainer.model, batch, temperature=0.8), batch.completion_ids)
     mask = batch.completion_mask.bool()
     assert torch.allclose(mine[mask], batch.engine_logprobs[mask], atol=1e-4)
+
+
+def test_micro_batches_hold_rows_of_similar_length_whatever_their_group(tmp_path):
+    from aha.types import build_train_batch
+
+    trainer = make(tmp_path, group_size=4, micro_batch_size=3)
+    lengths = [9, 1, 2, 8, 3, 7, 6, 4]  # two groups of 4, long and short completions in each
+    batch = build_train_batch([[5, 6]] * 4 + [[7, 8, 9]] * 4, [[10] * n for n in lengths], torch.zeros(8), pad_id=2,
+                              group_size=4)
+    batch.advantages = torch.tensor([1.0, -1.0, 0.5, 0.0, 1.0, -1.0, 0.5, -0.5])  # row 3: no gradient, skipped
+    rows = [r.tolist() for r in trainer._micro_batch_rows(batch)]
+    assert rows == [[0, 5, 6], [7, 4, 2], [1]]  # lengths 9 7 6 | 4 3 2 | 1: each pads to its own longest
+    assert [batch.select(torch.tensor(r)).completion_width for r in rows] == [9, 4, 1]
+
+
+@pytest.mark.parametrize("extra", [{"beta": 0.1}, {"num_iterations": 2}])
+def test_old_and_reference_logprobs_with_prompts_run_once_equal_the_plain_pass(tmp_path, extra):
+    runs = []
+    for share in ("true", "false"):
+        trainer = make(tmp_path / share, max_steps=2, share_prompt_prefix=share, **extra)
+        trainer.fit()
+        runs.append(read_metrics(trainer))
+    for shared, plain in zip(*runs):
+        assert shared["completion_length"] == plain["completion_length"]  # the same samples
+        for key in ("loss", "kl", "clip_ratio", "grad_norm"):
+            if key in plain:
+                assert shared[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
