@@ -284,10 +284,7 @@ class GRPOTrainer(Trainer):
             t0 = time.perf_counter()
             prompts = self._prompt_pass(self.model, batch, micro)  # every prompt through the policy once a pass
             for mb in micro:
-                if prompts is not None:
-                    logits = prompts.completion_logits(mb, c.temperature)  # [m, C, V]
-                else:
-                    logits = self._logits(self.model, mb)  # [m, C, V]
+                logits = self._logits(self.model, mb, prompts)  # [m, C, V]
                 logprobs = token_logprobs(logits, mb.completion_ids)  # [m, C]
                 entropy_sum += float((token_entropy(logits.detach()) * mb.completion_mask).sum())
                 old = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()
@@ -366,7 +363,11 @@ class GRPOTrainer(Trainer):
         # wrote, so prompts shared through the cache would miss FSDP's gather before the block's backward
         return self.config.share_prompt_prefix and not self.config.gradient_checkpointing and not self.policy.sharded
 
-    def _logits(self, model: torch.nn.Module, mb: TrainBatch) -> torch.Tensor:
+    def _logits(self, model: torch.nn.Module, mb: TrainBatch, prompts: PromptPass | None = None) -> torch.Tensor:
+        """``model``'s logits [m, C, V] for ``mb``'s completions, from ``prompts`` (the pass's prompts run once)
+        when given."""
+        if prompts is not None:
+            return prompts.completion_logits(mb, self.config.temperature)
         return completion_logits(model, mb, temperature=self.config.temperature, share_prefix=self._shares_prefix())
 
     @torch.no_grad()
@@ -375,8 +376,7 @@ class GRPOTrainer(Trainer):
 
         def logprobs(model: torch.nn.Module) -> list[torch.Tensor]:
             prompts = self._prompt_pass(model, batch, micro)
-            return [token_logprobs(prompts.completion_logits(mb, c.temperature) if prompts is not None
-                                   else self._logits(model, mb), mb.completion_ids) for mb in micro]
+            return [token_logprobs(self._logits(model, mb, prompts), mb.completion_ids) for mb in micro]
 
         if c.num_iterations > 1 or any(mb.engine_logprobs is not None for mb in micro):
             for mb, old in zip(micro, logprobs(self.model)):  # else old = current, detached, in the loss
