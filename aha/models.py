@@ -233,17 +233,57 @@ def apply_lora(model: PreTrainedModel, rank: int, alpha: float, dropout: float =
     return get_peft_model(model, config)
 
 
+class RowGradientEmbedding(torch.nn.Embedding):
+    """An ``nn.Embedding`` whose backward keeps its weight gradient as the rows of the tokens seen, collected
+    per backward pass in ``row_gradients`` and added to ``weight.grad`` by :func:`fold_row_gradients`. The
+    lookup runs on a detached alias of the weight, so that an output layer tied to the same weight never has
+    its dense [vocab, hidden] gradient summed with a sparse one inside the backward pass (a full copy of the
+    matrix per micro-batch) nor a dense embedding gradient zeroed, scattered into and added."""
+
+    row_gradients: list[torch.Tensor]
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if not (torch.is_grad_enabled() and self.weight.requires_grad):
+            return super().forward(input_ids)
+        alias = self.weight.detach().requires_grad_()
+        alias.register_hook(self.row_gradients.append)
+        return torch.nn.functional.embedding(input_ids, alias, self.padding_idx, None, self.norm_type,
+                                             self.scale_grad_by_freq, sparse=True)
+
+
 def sparse_embedding_gradients(model: torch.nn.Module) -> bool:
-    """Make the input embedding's backward produce a sparse gradient (the rows of the tokens seen) instead of
-    a dense [vocab, hidden] one that is zeroed, scattered into and added once per micro-batch: for a 49K-token
-    vocabulary that is 4% of a default CPU step's forward-backward (docs/benchmarks.md). The
-    optimiser still sees a dense gradient (``Policy.step`` makes it one). Returns whether it applies (a
-    trainable ``nn.Embedding`` without ``max_norm``)."""
+    """Make the input embedding's backward produce the rows of the tokens seen (:class:`RowGradientEmbedding`)
+    instead of a dense [vocab, hidden] gradient per micro-batch: for a 49K-token vocabulary that was ~10% of a
+    default CPU step's forward-backward (docs/benchmarks.md). The optimiser still sees a dense gradient:
+    :func:`fold_row_gradients` adds the rows in before it steps (``Policy.step`` calls it). Returns whether it
+    applies (a trainable ``nn.Embedding`` without ``max_norm``)."""
     embedding = model.get_input_embeddings()
-    if not isinstance(embedding, torch.nn.Embedding) or not embedding.weight.requires_grad or embedding.max_norm:
-        return False
-    embedding.sparse = True
+    if type(embedding) is not torch.nn.Embedding or not embedding.weight.requires_grad or embedding.max_norm:
+        return isinstance(embedding, RowGradientEmbedding)
+    embedding.__class__ = RowGradientEmbedding
+    embedding.row_gradients = []
     return True
+
+
+def fold_row_gradients(model: torch.nn.Module) -> None:
+    """Add the rows collected by a :class:`RowGradientEmbedding` since the last fold into its weight's dense
+    ``grad`` (created when the weight has none, e.g. an embedding not tied to the output layer)."""
+    for module in model.modules():
+        if isinstance(module, RowGradientEmbedding) and module.row_gradients:
+            rows = [g.coalesce() for g in module.row_gradients]
+            module.row_gradients.clear()
+            weight = module.weight
+            if weight.grad is None:
+                weight.grad = torch.zeros_like(weight)
+            for g in rows:
+                weight.grad.index_add_(0, g.indices()[0], g.values())
+
+
+def drop_row_gradients(model: torch.nn.Module) -> None:
+    """Forget the rows collected since the last fold (the gradients are being zeroed)."""
+    for module in model.modules():
+        if isinstance(module, RowGradientEmbedding):
+            module.row_gradients.clear()
 
 
 def is_peft(model: torch.nn.Module) -> bool:

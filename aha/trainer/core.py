@@ -39,6 +39,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from aha.config import config_to_dict, save_config
+from aha.models import drop_row_gradients, fold_row_gradients
 from aha.run import RunLayout, RunLogs, World, checkpoint_problem, current_world, load_checkpoint, save_checkpoint
 from aha.run.sharding import full_optimizer_state, full_state, is_sharded, shard_model
 from aha.run.trackers import Trackers
@@ -118,6 +119,7 @@ class Policy:
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+        drop_row_gradients(self.model)
 
     def step(self, max_grad_norm: float, loss: float | None = None) -> float:
         """Clip the gradient norm (0: no clipping), take an optimiser and a scheduler step; returns the
@@ -125,9 +127,7 @@ class Policy:
         optimiser and schedule untouched) and sets ``skipped``. In a distributed run the gradients are first
         summed over ranks (``loss``: already the global one), so every rank takes the same step; a sharded
         model's were summed by the backward pass itself (reduce-scatter), and each rank steps its shard."""
-        for p in self.params:  # a sparse embedding gradient (aha.models.sparse_embedding_gradients) made dense
-            if p.grad is not None and p.grad.is_sparse:
-                p.grad = p.grad.to_dense()
+        fold_row_gradients(self.model)  # the input embedding's rows (aha.models.sparse_embedding_gradients)
         if not self.sharded:
             self.world.all_reduce_gradients(self.params)
         grads = [p for p in self.params if p.grad is not None]
@@ -145,6 +145,15 @@ class Policy:
         self.zero_grad()  # the gradients' memory is free while the next rollouts are sampled
         release_free_memory()
         return norm
+
+
+def adamw(params: list[torch.nn.Parameter], lr: float, config, weight_decay: float = 0.0) -> torch.optim.AdamW:
+    """AdamW with the betas of ``config``; the fused kernel (one pass over each tensor: ~5x faster than the
+    per-op update on a CPU, 0.05 against 0.29 s for 135M parameters) on plain CPU or CUDA tensors, the
+    default implementation for sharded (DTensor) ones."""
+    plain = all(type(p) is torch.nn.Parameter and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, lr=lr, betas=(config.adam_beta1, config.adam_beta2), weight_decay=weight_decay,
+                             fused=plain or None)
 
 
 def build_policy(config, total_optimizer_steps: int, model_source: str | None = None) -> Policy:
@@ -170,8 +179,7 @@ def build_policy(config, total_optimizer_steps: int, model_source: str | None = 
     else:
         sparse_embedding_gradients(model)  # the optimiser gets it dense (Policy.step)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                                  weight_decay=config.weight_decay)
+    optimizer = adamw(params, config.learning_rate, config, weight_decay=config.weight_decay)
     scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps,
                               num_training_steps=max(total_optimizer_steps, 1))
     return Policy(model, tokenizer, optimizer, scheduler)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from aha.algorithms import compute_gae, token_logprobs, value_loss
+from aha.trainer.core import adamw
 from aha.trainer.grpo import GRPOTrainer, Rollouts
 from aha.types import TrainBatch
 
@@ -64,8 +65,8 @@ class PPOTrainer(GRPOTrainer):
         body, _ = load_model(source, dtype=config.dtype, device=config.device, seed=config.seed,
                              tokenizer=trainer.policy.tokenizer)
         trainer.critic = ValueModel(body).to(trainer.policy.device)
-        trainer.critic_optimizer = torch.optim.AdamW(trainer.critic.parameters(), lr=config.value_learning_rate,
-                                                     betas=(config.adam_beta1, config.adam_beta2))
+        trainer.critic_optimizer = adamw(list(trainer.critic.parameters()), config.value_learning_rate, config,
+                                         weight_decay=config.weight_decay)
         return trainer
 
     # --- advantages from the critic ------------------------------------------------------------------
