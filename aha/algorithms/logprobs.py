@@ -1,32 +1,106 @@
-"""Per-token log-probabilities and entropies from logits, in row chunks so memory stays bounded.
+"""Per-token log-probabilities and entropies from logits, in row chunks so memory and time stay bounded.
 
-A full ``log_softmax`` over a 50k-word vocabulary makes a second [batch, seq, vocab] tensor; here only a
-chunk of rows is expanded at a time (the logits themselves are the only full-size tensor).
+A ``log_softmax`` over a 50k-word vocabulary makes more [batch, seq, vocab] tensors than the logits: the logits
+divided by the temperature, the shifted and exponentiated copies, the gradient's zeros and scatter. Here one
+chunk of rows (a few MB: it stays in the CPU's cache) is expanded at a time, forward and backward, and the
+gradient of the logits is written in one pass: ``softmax(z / T)`` scaled, minus at the label. The logits
+themselves (kept for the backward pass, as ``log_softmax`` keeps its output) are the only full-size tensor.
 """
 
 from __future__ import annotations
 
 import torch
 
+CHUNK_BYTES = 4 << 20
+"""Working set of one chunk of rows (fp32): small enough to stay in cache, large enough to amortise the loop."""
 
-def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
-    """log p(label) at each position: logits [B, T, V], labels [B, T] -> [B, T] (differentiable)."""
-    flat_logits = logits.reshape(-1, logits.shape[-1])  # [B*T, V]
-    flat_labels = labels.reshape(-1)  # [B*T]
-    pieces = []
-    for start in range(0, flat_logits.shape[0], chunk_size):
-        rows = flat_logits[start : start + chunk_size].float()
-        picked = rows.gather(1, flat_labels[start : start + chunk_size].unsqueeze(1)).squeeze(1)
-        pieces.append(picked - torch.logsumexp(rows, dim=-1))
-    return torch.cat(pieces).view(labels.shape)
+
+def _chunk_rows(vocab: int) -> int:
+    return max(1, CHUNK_BYTES // (4 * vocab))
+
+
+def _scaled(rows: torch.Tensor, scale: float, out: torch.Tensor) -> torch.Tensor:
+    """``out`` (fp32) = rows * scale, computed in fp32 whatever the logits' dtype."""
+    if rows.dtype == torch.float32:
+        return torch.mul(rows, scale, out=out)
+    return out.copy_(rows).mul_(scale)
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    """log softmax(logits * scale)[label] per row, with the entropy of that distribution (no gradient)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, scale: float, with_entropy: bool):
+        vocab = logits.shape[-1]
+        flat, flat_labels = logits.reshape(-1, vocab), labels.reshape(-1, 1)
+        n, step = flat.shape[0], _chunk_rows(vocab)
+        logprobs = torch.empty(n, dtype=torch.float32, device=logits.device)
+        lse = torch.empty_like(logprobs)  # log-sum-exp of the scaled logits, for the backward pass
+        entropy = torch.empty_like(logprobs) if with_entropy else None
+        work = torch.empty(min(step, n), vocab, dtype=torch.float32, device=logits.device)
+        for start in range(0, n, step):
+            end = min(start + step, n)
+            x = _scaled(flat[start:end], scale, work[: end - start])  # [c, V] scaled logits (fp32)
+            top = x.amax(dim=-1, keepdim=True)
+            x.sub_(top)
+            picked = x.gather(1, flat_labels[start:end]).squeeze(1)
+            if with_entropy:  # H = log s - sum(e * x) / s with e = exp(x), s = sum(e), x shifted
+                e = x.exp()
+                total = e.sum(dim=-1)
+                entropy[start:end] = total.log() - (e.mul_(x)).sum(dim=-1) / total
+            else:
+                total = x.exp_().sum(dim=-1)
+            log_total = total.log()
+            logprobs[start:end] = picked - log_total
+            lse[start:end] = top.squeeze(1) + log_total
+        ctx.save_for_backward(logits, labels, lse)
+        ctx.scale = scale
+        if entropy is None:
+            return logprobs.view(labels.shape)
+        ctx.mark_non_differentiable(entropy)
+        return logprobs.view(labels.shape), entropy.view(labels.shape)
+
+    @staticmethod
+    def backward(ctx, grad_logprobs: torch.Tensor, grad_entropy: torch.Tensor | None = None):
+        logits, labels, lse = ctx.saved_tensors
+        vocab = logits.shape[-1]
+        flat, flat_labels = logits.reshape(-1, vocab), labels.reshape(-1, 1)
+        coef = (grad_logprobs.reshape(-1, 1).float() * ctx.scale)  # [n, 1]: d loss / d (scaled logit of label)
+        grad = torch.empty_like(flat)
+        n, step = flat.shape[0], _chunk_rows(vocab)
+        same_dtype = flat.dtype == torch.float32
+        work = None if same_dtype else torch.empty(min(step, n), vocab, dtype=torch.float32, device=flat.device)
+        for start in range(0, n, step):
+            end = min(start + step, n)
+            x = _scaled(flat[start:end], ctx.scale, grad[start:end] if same_dtype else work[: end - start])
+            x.sub_(lse[start:end, None]).exp_().mul_(coef[start:end].neg())  # -softmax * coef
+            x.scatter_add_(1, flat_labels[start:end], coef[start:end])  # + coef at the label
+            if not same_dtype:
+                grad[start:end] = x
+        return grad.view_as(logits), None, None, None
+
+
+def _scale(temperature: float) -> float:
+    return 1.0 / temperature if temperature > 0 else 1.0
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log p(label) at each position under softmax(logits / temperature): logits [B, T, V], labels [B, T] ->
+    [B, T] (differentiable with respect to the logits; temperature <= 0 means 1)."""
+    return _TokenLogprobs.apply(logits, labels, _scale(temperature), False)
+
+
+def token_logprobs_and_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                               temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`token_logprobs` and, from the same pass over the logits, the entropy of each position's
+    next-token distribution (no gradient)."""
+    logprobs, entropy = _TokenLogprobs.apply(logits, labels, _scale(temperature), True)
+    return logprobs, entropy.detach()
 
 
 @torch.no_grad()
-def token_entropy(logits: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
-    """Entropy of the next-token distribution at each position: [B, T, V] -> [B, T] (no gradient)."""
-    flat = logits.reshape(-1, logits.shape[-1])
-    pieces = []
-    for start in range(0, flat.shape[0], chunk_size):
-        logp = torch.log_softmax(flat[start : start + chunk_size].float(), dim=-1)
-        pieces.append(-(logp.exp() * logp).sum(dim=-1))
-    return torch.cat(pieces).view(logits.shape[:-1])
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of the next-token distribution softmax(logits / temperature) at each position: [B, T, V] ->
+    [B, T] (no gradient)."""
+    labels = torch.zeros(logits.shape[:-1], dtype=torch.long, device=logits.device)
+    return _TokenLogprobs.apply(logits, labels, _scale(temperature), True)[1]

@@ -15,9 +15,9 @@ from aha.types import TrainBatch
 from aha.utils.sequences import left_pad, shared_prefix_length
 
 
-def completion_logits(model: torch.nn.Module, mb: TrainBatch, *, temperature: float = 1.0,
-                      share_prefix: bool = True) -> torch.Tensor:
-    """Logits [m, C, V] at the positions that predict completion tokens, divided by ``temperature``."""
+def completion_logits(model: torch.nn.Module, mb: TrainBatch, *, share_prefix: bool = True) -> torch.Tensor:
+    """Logits [m, C, V] at the positions that predict completion tokens (the sampling temperature is applied
+    by ``aha.algorithms.token_logprobs``)."""
     device = next(model.parameters()).device
     if share_prefix and mb.prompt_width > 0:
         logits = _shared_prefix_logits(model, mb, device)
@@ -25,8 +25,7 @@ def completion_logits(model: torch.nn.Module, mb: TrainBatch, *, temperature: fl
         out = model(input_ids=mb.input_ids.to(device), attention_mask=mb.attention_mask.to(device),
                     position_ids=mb.position_ids.to(device), logits_to_keep=mb.completion_width + 1, use_cache=False)
         logits = out.logits[:, :-1, :]
-    logits = logits.float()
-    return logits / temperature if temperature > 0 else logits
+    return logits
 
 
 def _shared_prefix_logits(model: torch.nn.Module, mb: TrainBatch, device: torch.device) -> torch.Tensor:
@@ -89,7 +88,7 @@ class PromptPass:
 
         prompts = PromptPass(model, batch, groups)      # [groups] prompts, with the graph
         for mb in micro_batches:
-            completion_logits = prompts.completion_logits(mb, temperature)
+            completion_logits = prompts.completion_logits(mb)
             loss(mb).backward()                          # gradients stop at the copies
         prompts.backward()                               # ... and go on through the prompts, once
     """
@@ -108,8 +107,8 @@ class PromptPass:
         self.first_logits = self.copies[0]  # [groups, 1, V]
         self.layers = [(self.copies[1 + 2 * i], self.copies[2 + 2 * i]) for i in range(len(self.cache.layers))]
 
-    def completion_logits(self, mb: TrainBatch, temperature: float = 1.0) -> torch.Tensor:
-        """Logits [m, C, V] at the positions that predict ``mb``'s completion tokens, divided by ``temperature``."""
+    def completion_logits(self, mb: TrainBatch) -> torch.Tensor:
+        """Logits [m, C, V] at the positions that predict ``mb``'s completion tokens."""
         p, c = mb.prompt_width, mb.completion_width
         slots = torch.tensor([self.slot[int(g)] for g in mb.group_ids], dtype=torch.long, device=self.device)
         logits = self.first_logits[slots]  # [m, 1, V]
@@ -126,8 +125,7 @@ class PromptPass:
                               position_ids=mb.position_ids[:, p : p + c - 1].to(self.device), use_cache=True,
                               **{cache_keyword(self.model): cache})
             logits = torch.cat([logits, rest.logits], dim=1)
-        logits = logits.float()
-        return logits / temperature if temperature > 0 else logits
+        return logits
 
     def backward(self) -> None:
         """The gradients the micro-batches left on the copies, through the prompt pass (once)."""

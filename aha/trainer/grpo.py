@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from aha.algorithms import compute_advantages, policy_loss, token_entropy, token_logprobs
+from aha.algorithms import compute_advantages, policy_loss, token_logprobs, token_logprobs_and_entropy
 from aha.analysis.reflection import ReflectionCounter, rollout_stats
 from aha.config import GRPOConfig
 from aha.data.prompts import PromptBuilder
@@ -243,9 +243,8 @@ class GRPOTrainer(Trainer):
         gap = torch.zeros_like(batch.completion_mask)  # [N, C]
         for rows in torch.arange(batch.size).split(self.config.micro_batch_size):
             mb = batch.select(rows)
-            student = token_logprobs(self._logits(self.model, mb), mb.completion_ids)
-            teacher = token_logprobs(completion_logits(self.teacher, mb, temperature=1.0, share_prefix=share),
-                                     mb.completion_ids)
+            student = self._logprobs(self.model, mb)
+            teacher = token_logprobs(completion_logits(self.teacher, mb, share_prefix=share), mb.completion_ids)
             gap[rows, : mb.completion_width] = (teacher - student) * mb.completion_mask
         mask = batch.completion_mask
         outcome = batch.advantages if batch.advantages.dim() == 2 else batch.advantages[:, None] * mask
@@ -284,9 +283,8 @@ class GRPOTrainer(Trainer):
             t0 = time.perf_counter()
             prompts = self._prompt_pass(self.model, batch, micro)  # every prompt through the policy once a pass
             for mb in micro:
-                logits = self._logits(self.model, mb, prompts)  # [m, C, V]
-                logprobs = token_logprobs(logits, mb.completion_ids)  # [m, C]
-                entropy_sum += float((token_entropy(logits.detach()) * mb.completion_mask).sum())
+                logprobs, entropy = self._logprobs(self.model, mb, prompts, entropy=True)  # [m, C] each
+                entropy_sum += float((entropy * mb.completion_mask).sum())
                 old = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()
                 loss, mb_stats = policy_loss(
                     logprobs, old, mb.advantages, mb.completion_mask, loss_type=c.loss_type, eps_low=c.eps_low,
@@ -363,12 +361,16 @@ class GRPOTrainer(Trainer):
         # wrote, so prompts shared through the cache would miss FSDP's gather before the block's backward
         return self.config.share_prompt_prefix and not self.config.gradient_checkpointing and not self.policy.sharded
 
-    def _logits(self, model: torch.nn.Module, mb: TrainBatch, prompts: PromptPass | None = None) -> torch.Tensor:
-        """``model``'s logits [m, C, V] for ``mb``'s completions, from ``prompts`` (the pass's prompts run once)
-        when given."""
+    def _logprobs(self, model: torch.nn.Module, mb: TrainBatch, prompts: PromptPass | None = None,
+                  entropy: bool = False):
+        """``model``'s log-probabilities [m, C] of ``mb``'s completion tokens at the sampling temperature (and
+        with ``entropy``, each position's entropy), from ``prompts`` (the pass's prompts run once) when given."""
         if prompts is not None:
-            return prompts.completion_logits(mb, self.config.temperature)
-        return completion_logits(model, mb, temperature=self.config.temperature, share_prefix=self._shares_prefix())
+            logits = prompts.completion_logits(mb)
+        else:
+            logits = completion_logits(model, mb, share_prefix=self._shares_prefix())
+        of = token_logprobs_and_entropy if entropy else token_logprobs
+        return of(logits, mb.completion_ids, self.config.temperature)
 
     @torch.no_grad()
     def _fill_reference_logprobs(self, batch: TrainBatch, micro: list[TrainBatch]) -> None:
@@ -376,7 +378,7 @@ class GRPOTrainer(Trainer):
 
         def logprobs(model: torch.nn.Module) -> list[torch.Tensor]:
             prompts = self._prompt_pass(model, batch, micro)
-            return [token_logprobs(self._logits(model, mb, prompts), mb.completion_ids) for mb in micro]
+            return [self._logprobs(model, mb, prompts) for mb in micro]
 
         if c.num_iterations > 1 or any(mb.engine_logprobs is not None for mb in micro):
             for mb, old in zip(micro, logprobs(self.model)):  # else old = current, detached, in the loss

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from aha.algorithms import compute_gae, token_logprobs, value_loss
+from aha.algorithms import compute_gae, value_loss
 from aha.trainer.core import adamw
 from aha.trainer.grpo import GRPOTrainer, Rollouts
 from aha.types import TrainBatch
@@ -100,12 +100,12 @@ class PPOTrainer(GRPOTrainer):
         kl = torch.zeros_like(batch.completion_mask)
         for rows in torch.arange(batch.size).split(self.config.micro_batch_size):
             mb = batch.select(rows)
-            policy = token_logprobs(self._logits(self.model, mb), mb.completion_ids)
+            policy = self._logprobs(self.model, mb)
             if self.reference is not None:
-                reference = token_logprobs(self._logits(self.reference, mb), mb.completion_ids)
+                reference = self._logprobs(self.reference, mb)
             else:  # LoRA: the reference is the base model
                 with self.model.disable_adapter():
-                    reference = token_logprobs(self._logits(self.model, mb), mb.completion_ids)
+                    reference = self._logprobs(self.model, mb)
             kl[rows, : mb.completion_width] = (policy - reference).cpu() * mb.completion_mask
         return kl
 

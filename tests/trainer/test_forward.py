@@ -19,7 +19,7 @@ def test_shared_prefix_pass_equals_the_plain_pass_in_values_and_gradients(arch):
     results = []
     for share in (False, True):
         model.zero_grad()
-        logits = completion_logits(model, mb, temperature=0.7, share_prefix=share)
+        logits = completion_logits(model, mb, share_prefix=share)
         (logits.logsumexp(-1) * mb.completion_mask).sum().backward()
         results.append((logits.detach(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
     (plain, plain_grad), (shared, shared_grad) = results
@@ -42,7 +42,7 @@ def test_prompts_sharing_a_system_prompt_compute_it_once_with_the_same_values_an
     results = []
     for share in (False, True):
         model.zero_grad()
-        logits = completion_logits(model, mb, temperature=0.7, share_prefix=share)
+        logits = completion_logits(model, mb, share_prefix=share)
         (logits.logsumexp(-1) * mb.completion_mask).sum().backward()
         results.append((logits.detach(), model.model.embed_tokens.weight.grad.clone(),
                         model.model.layers[1].mlp.down_proj.weight.grad.clone()))
@@ -84,7 +84,7 @@ def test_prompts_computed_once_per_pass_give_the_per_micro_batch_gradients(syste
     model.zero_grad()
     plain_logits = []
     for mb in micro:
-        logits = completion_logits(model, mb, temperature=0.7, share_prefix=True)
+        logits = completion_logits(model, mb, share_prefix=True)
         loss(logits, mb).backward()
         plain_logits.append(logits.detach())
     plain = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -92,7 +92,7 @@ def test_prompts_computed_once_per_pass_give_the_per_micro_batch_gradients(syste
     model.zero_grad()
     once = PromptPass(model, batch, [0, 1, 2])
     for mb, expected in zip(micro, plain_logits):
-        logits = once.completion_logits(mb, temperature=0.7)
+        logits = once.completion_logits(mb)
         assert torch.allclose(logits[mb.completion_mask.bool()], expected[mb.completion_mask.bool()], atol=1e-5)
         loss(logits, mb).backward()
     once.backward()

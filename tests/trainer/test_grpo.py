@@ -155,7 +155,7 @@ def test_engine_logprobs_match_the_trainers_own(tmp_path):
     batch = build_train_batch([p for p in prompts for _ in range(3)], [g.token_ids for g in gens], torch.zeros(6),
                               trainer.backend.pad_id, 3, engine_logprobs=[g.logprobs for g in gens])
     with torch.no_grad():
-        mine = token_logprobs(completion_logits(trainer.model, batch, temperature=0.8), batch.completion_ids)
+        mine = token_logprobs(completion_logits(trainer.model, batch), batch.completion_ids, temperature=0.8)
     mask = batch.completion_mask.bool()
     assert torch.allclose(mine[mask], batch.engine_logprobs[mask], atol=1e-4)
 
