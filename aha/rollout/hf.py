@@ -22,7 +22,7 @@ import torch
 from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase,
                           TopPLogitsWarper)
 
-from aha.models import cache_keyword, output_cache, prefix_cache as shared_cache
+from aha.models import cache_keyword, output_cache, prefix_cache as shared_cache, reserve_cache
 from aha.rollout.base import Generation, SamplingParams, end_token_ids, pad_token_id
 from aha.utils.memory import release_free_memory
 from aha.utils.sequences import left_pad, shared_prefix_length
@@ -66,22 +66,34 @@ class _SeededSampling(LogitsProcessor):
         """Keep the generators of these batch rows only (the others' rows left the batch)."""
         self.generators = [self.generators[r] for r in rows]
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        logits = scores.float() / self.temperature  # [batch, vocab]
+    def draw(self, scores: torch.Tensor) -> torch.Tensor:
+        """The next token of each row [batch] from its logits [batch, vocab]: the first whose cumulative
+        (unnormalised) probability reaches the row's uniform number times the total."""
+        logits = scores.float() / self.temperature  # [batch, vocab], a new tensor
         if self.top_p is not None:
-            logits = self.top_p(input_ids, logits)
-        cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)  # [batch, vocab]
+            logits = self.top_p(None, logits)
+        cdf = logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_().cumsum_(dim=-1)  # [batch, vocab]
         uniform = torch.cat([torch.rand(1, generator=g, device=g.device) for g in self.generators])  # [batch]
         drawn = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None].to(cdf.dtype))  # [batch, 1]
-        drawn = drawn.clamp(max=cdf.shape[1] - 1)
+        return drawn.clamp_(max=cdf.shape[1] - 1).squeeze(1)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         picked = torch.full_like(scores, float("-inf"))
-        return picked.scatter_(1, drawn, 0.0)
+        return picked.scatter_(1, self.draw(scores)[:, None], 0.0)
 
 
-def _packed_linear(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``nn.Linear``'s forward with a oneDNN-packed weight (``[..., in] -> [..., out]``)."""
-    rows = x.reshape(-1, x.shape[-1]).to_mkldnn()
-    y = torch._C._nn.mkldnn_linear(rows, weight, bias).to_dense()  # [rows, out]
+_LINEAR_POINTWISE = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+
+
+def _packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """``nn.Linear``'s forward with a oneDNN-packed weight (``[..., in] -> [..., out]``); the activations stay
+    dense when this torch has oneDNN's dense-input linear (no conversion in and out of every product)."""
+    rows = x.reshape(-1, x.shape[-1])
+    if _LINEAR_POINTWISE is not None:
+        y = _LINEAR_POINTWISE(rows, weight, bias, "none", [], "")
+    else:
+        bias = bias if bias is not None else rows.new_zeros(weight.shape[0])
+        y = torch._C._nn.mkldnn_linear(rows.to_mkldnn(), weight, bias.to_mkldnn()).to_dense()  # [rows, out]
     return y.view(*x.shape[:-1], y.shape[-1])
 
 
@@ -99,9 +111,8 @@ def packed_linears(model: torch.nn.Module) -> Iterator[None]:
         for module in model.modules():
             if type(module) is torch.nn.Linear and module.weight.device.type == "cpu" \
                     and module.weight.dtype == torch.float32:
-                bias = module.bias if module.bias is not None else module.weight.new_zeros(module.out_features)
-                module.forward = functools.partial(_packed_linear, module.weight.detach().to_mkldnn(),
-                                                   bias.detach().to_mkldnn())
+                bias = module.bias.detach() if module.bias is not None else None
+                module.forward = functools.partial(_packed_linear, module.weight.detach().to_mkldnn(), bias)
                 patched.append(module)
     try:
         yield
@@ -204,15 +215,17 @@ class HFBackend:
         next_ids = input_ids[:, -1:]  # [b, 1]
         positions = attention_mask.sum(dim=1, keepdim=True) - 1  # [b, 1] the position of each row's last token
         mask = attention_mask
-        for _ in range(params.max_new_tokens):
+        for step in range(params.max_new_tokens):
             inputs = {self.cache_kw: cache} if cache is not None else {}
             out = self.model(input_ids=next_ids, attention_mask=mask, position_ids=positions, use_cache=True, **inputs)
             cache = output_cache(out)
+            if step == 0:  # room for the rest of the completion: no copy of the whole cache per token
+                reserve_cache(cache, params.max_new_tokens - 1)
             logits = out.logits[:, -1, :].float()  # [b, V]
             if temperature <= 0:
                 picked = logits.argmax(dim=-1)
             elif sampler is not None:
-                picked = sampler(next_ids, logits).argmax(dim=-1)
+                picked = sampler.draw(logits)
             else:
                 scaled = logits / temperature
                 scaled = top_p(next_ids, scaled) if top_p is not None else scaled

@@ -170,3 +170,36 @@ def test_packed_linears_compute_what_the_plain_layers_do_and_are_undone_after():
         with packed_linears(model):
             doubled = model(input_ids=ids).logits
         torch.testing.assert_close(doubled, model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_a_reserved_cache_decodes_as_the_growing_one_through_growth_row_selection_and_crop():
+    from transformers import DynamicCache
+
+    from aha.models import ReservedLayer, output_cache, reserve_cache
+
+    model, _ = load_model("tiny:llama", seed=4)
+    model.eval()
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(3, 90, (3, 6), generator=g)
+    steps = torch.randint(3, 90, (3, 7), generator=g)  # 7 tokens fed one by one: past the reserved room of 2
+    logits = []
+    with torch.no_grad():
+        for reserved in (False, True):
+            cache = output_cache(model(input_ids=prompt, use_cache=True, past_key_values=DynamicCache()))
+            if reserved:
+                reserve_cache(cache, 2)
+                assert all(type(layer) is ReservedLayer for layer in cache.layers)
+            rows, out = torch.arange(3), []
+            for t in range(steps.shape[1]):
+                if t == 4:  # a row leaves the batch
+                    rows = torch.tensor([0, 2])
+                    cache.batch_select_indices(torch.tensor([0, 2]))
+                step = model(input_ids=steps[rows, t : t + 1], use_cache=True, past_key_values=cache)
+                cache = output_cache(step)
+                out.append(step.logits[:, -1])
+            cache.crop(-3)
+            assert cache.get_seq_length() == 6 + 7 - 3
+            out.append(model(input_ids=steps[rows, :1], use_cache=True, past_key_values=cache).logits[:, -1])
+            logits.append(out)
+    for plain, mine in zip(*logits):
+        assert torch.allclose(plain, mine, atol=1e-5)
