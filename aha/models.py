@@ -319,8 +319,8 @@ def output_cache(output):
 class ReservedLayer(DynamicLayer):
     """A ``DynamicLayer`` whose keys and values are views into buffers with room for the tokens still to come:
     an update writes the new tokens into the room instead of concatenating (which copies the layer's whole
-    cache at every decoded token: a quarter of a CPU decode loop's time at the default recipe's shape). Out of
-    room, the buffers double. Made from a filled layer by :func:`reserve_cache`."""
+    cache at every decoded token). Out of room, the buffers double. Made from a filled layer by
+    :func:`reserve_cache`."""
 
     @classmethod
     def from_layer(cls, layer: DynamicLayer, room: int) -> "ReservedLayer":
