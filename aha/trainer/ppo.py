@@ -65,8 +65,7 @@ class PPOTrainer(GRPOTrainer):
         body, _ = load_model(source, dtype=config.dtype, device=config.device, seed=config.seed,
                              tokenizer=trainer.policy.tokenizer)
         trainer.critic = ValueModel(body).to(trainer.policy.device)
-        trainer.critic_optimizer = adamw(list(trainer.critic.parameters()), config.value_learning_rate, config,
-                                         weight_decay=config.weight_decay)
+        trainer.critic_optimizer = adamw(list(trainer.critic.parameters()), config.value_learning_rate, config)
         return trainer
 
     # --- advantages from the critic ------------------------------------------------------------------
