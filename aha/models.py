@@ -216,7 +216,49 @@ def load_model(name: str, *, dtype: str = "auto", device: str = "auto", seed: in
             raise ModelLoadError(f"cannot load model {name!r}: {_first_line(err)}") from None
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model.to(torch_device), tokenizer
+    model = model.to(torch_device)
+    if torch_device.type == "cpu":
+        grouped_query_attention(model)
+    return model, tokenizer
+
+
+GQA_ATTENTION = "aha_sdpa_gqa"
+
+
+def _sdpa_gqa_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                        is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """transformers' ``sdpa`` attention, except that a masked multi-token query on CPU attends to the grouped
+    key/value heads as they are (``enable_gqa``) instead of to copies repeated for every query head: the same
+    numbers without a [batch, heads, keys, head_dim] key and value copy per layer, made in the forward, kept
+    for the backward and summed back in it (the training pass's largest per-row tensors)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    plain = (getattr(module, "num_key_value_groups", 1) == 1 or query.device.type != "cpu" or query.shape[2] == 1
+             or not isinstance(attention_mask, torch.Tensor) or kwargs.get("position_bias") is not None
+             or kwargs.get("softcap") is not None or kwargs.get("output_attentions"))
+    if plain:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
+                                                           dropout_p=dropout, scale=scaling, enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def grouped_query_attention(model: torch.nn.Module) -> bool:
+    """Switch a model that uses transformers' ``sdpa`` attention to :func:`_sdpa_gqa_attention` (registered as
+    ``aha_sdpa_gqa``, with sdpa's masks); returns whether it did. Not saved with the model: a checkpoint's
+    config.json does not record the attention implementation."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
+
+    if not isinstance(model, PreTrainedModel) or getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return False
+    if GQA_ATTENTION not in ALL_MASK_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(GQA_ATTENTION, _sdpa_gqa_attention)
+        AttentionMaskInterface.register(GQA_ATTENTION, sdpa_mask)
+    model.set_attn_implementation(GQA_ATTENTION)
+    return model.config._attn_implementation == GQA_ATTENTION
 
 
 def _first_line(err: BaseException) -> str:

@@ -94,3 +94,44 @@ def test_sparse_embedding_gradients_train_the_same_weights_as_dense_ones(tied):
         assert model.get_input_embeddings().weight.grad is None
     dense, sparse = states
     assert all(torch.allclose(dense[k], sparse[k], atol=1e-6) for k in dense)
+
+
+def test_grouped_query_attention_gives_sdpa_numbers_without_repeating_keys(monkeypatch):
+    """CPU models attend to grouped key/value heads as they are; logits and gradients equal sdpa's, for a
+    left-padded prompt and for a continuation from its KV cache (the training pass's shape)."""
+    from transformers.cache_utils import DynamicCache
+
+    model, _ = load_model("tiny:llama", seed=5)
+    assert model.config._attn_implementation == "aha_sdpa_gqa"
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    ids = torch.randint(3, 60, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = mask[2, :2] = 0
+    grouped = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        grouped.append(kwargs.get("enable_gqa", False))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+
+    def run(implementation):
+        model.set_attn_implementation(implementation)
+        model.zero_grad()
+        cache = DynamicCache(config=model.config)
+        prompt = model(input_ids=ids[:, :6], attention_mask=mask[:, :6], past_key_values=cache, use_cache=True)
+        rest = model(input_ids=ids[:, 6:], attention_mask=mask, past_key_values=prompt.past_key_values,
+                     position_ids=(mask.cumsum(1) - 1).clamp(min=0)[:, 6:], use_cache=True)
+        logits = torch.cat([prompt.logits, rest.logits], 1)
+        (logits * torch.linspace(-1, 1, logits.shape[-1])).sum().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain_logits, plain_grads = run("sdpa")
+    assert not any(grouped)
+    grouped.clear()
+    logits, grads = run("aha_sdpa_gqa")
+    assert grouped == [True] * 2 * model.config.num_hidden_layers  # every layer, both passes
+    torch.testing.assert_close(logits, plain_logits, rtol=1e-5, atol=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], rtol=1e-4, atol=1e-5, msg=name)
