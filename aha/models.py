@@ -322,6 +322,58 @@ def fold_row_gradients(model: torch.nn.Module) -> None:
                 weight.grad.index_add_(0, g.indices()[0], g.values())
 
 
+class _LinearAccumulatingGrad(torch.autograd.Function):
+    """``F.linear`` whose backward adds the weight's gradient into ``weight.grad`` inside the product
+    (``addmm_``) instead of returning it for autograd to add (a new [out, in] tensor per micro-batch, then a
+    read-add-write of the whole gradient)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return torch.nn.functional.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
+        rows = grad.reshape(-1, grad.shape[-1])
+        inputs = x.reshape(-1, x.shape[-1])
+        if weight.grad is None:
+            weight.grad = rows.t() @ inputs
+        else:
+            weight.grad.addmm_(rows.t(), inputs)
+        grad_bias = rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, None, grad_bias
+
+
+class AccumulatingLinear(torch.nn.Linear):
+    """An ``nn.Linear`` that, while its trainable weight is part of a backward pass, adds the weight's gradient
+    into ``weight.grad`` within the gradient product itself (as Megatron-LM's gradient-accumulation fusion does
+    on GPUs). Gradients equal the plain layer's; only ``.backward()`` sees them: ``torch.autograd.grad`` with
+    respect to the weight does not (the training loops here only call ``backward``), so a weight with gradient
+    hooks takes the plain path, where its hooks see its gradient."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if (torch.is_grad_enabled() and weight.requires_grad and weight.is_leaf and not weight._backward_hooks
+                and not getattr(weight, "_post_accumulate_grad_hooks", None)):
+            return _LinearAccumulatingGrad.apply(x, weight, self.bias)
+        return super().forward(x)
+
+
+def accumulate_weight_gradients(model: torch.nn.Module) -> int:
+    """Make every plain ``nn.Linear`` of ``model`` an :class:`AccumulatingLinear`: with gradients accumulated
+    over micro-batches, each micro-batch's weight gradients are added in place by the products that compute
+    them. Returns how many layers changed."""
+    changed = 0
+    for module in model.modules():
+        if type(module) is torch.nn.Linear:
+            module.__class__ = AccumulatingLinear
+            changed += 1
+    return changed
+
+
 def drop_row_gradients(model: torch.nn.Module) -> None:
     """Forget the rows collected since the last fold (the gradients are being zeroed)."""
     for module in model.modules():

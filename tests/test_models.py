@@ -135,3 +135,53 @@ def test_grouped_query_attention_gives_sdpa_numbers_without_repeating_keys(monke
     torch.testing.assert_close(logits, plain_logits, rtol=1e-5, atol=1e-5)
     for name, grad in grads.items():
         torch.testing.assert_close(grad, plain_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_weight_gradients_added_in_place_train_the_same_weights(lora):
+    """Linear layers whose backward adds the weight gradient into ``.grad`` (aha.models.AccumulatingLinear):
+    over two optimiser steps of two micro-batches each (so both the first gradient and the in-place sum are
+    used), with the tied output layer and the embedding's row gradients, the weights equal the plain layers'."""
+    from aha.models import AccumulatingLinear, accumulate_weight_gradients, sparse_embedding_gradients, tiny_model
+    from aha.trainer.core import Policy
+
+    tok = char_tokenizer()
+    ids = [tok(t, return_tensors="pt").input_ids for t in ("12 + 30 = 42", "7 - 9 = -2, so")]
+    states = []
+    for fused in (False, True):
+        model = tiny_model("llama", tok, seed=3)
+        if lora:
+            torch.manual_seed(0)  # PEFT draws the adapters' initial weights from the global generator
+            model = apply_lora(model, rank=4, alpha=8)
+        sparse_embedding_gradients(model)
+        changed = accumulate_weight_gradients(model) if fused else 0
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        assert changed == (len(linears) if fused else 0)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-2)
+        policy = Policy(model, tok, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0))
+        for _ in range(2):
+            for x in ids:
+                model(input_ids=x, labels=x).loss.backward()
+            embedding = model.get_input_embeddings().weight  # its rows wait beside its grad till the step
+            assert all(p.grad is not None for p in params if p.dim() == 2 and p is not embedding)
+            policy.step(max_grad_norm=1.0)
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        assert all(isinstance(m, AccumulatingLinear) is bool(fused) for m in linears)
+    plain, fused = states
+    for name in plain:
+        torch.testing.assert_close(fused[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_weight_with_a_gradient_hook_keeps_the_plain_backward():
+    from aha.models import accumulate_weight_gradients, tiny_model
+
+    tok = char_tokenizer()
+    model = tiny_model("llama", tok, seed=3)
+    accumulate_weight_gradients(model)
+    weight = model.model.layers[0].mlp.down_proj.weight
+    seen = []
+    weight.register_hook(lambda grad: seen.append(grad.clone()))
+    x = tok("1 + 2 = 3", return_tensors="pt").input_ids
+    model(input_ids=x, labels=x).loss.backward()
+    assert len(seen) == 1 and torch.equal(seen[0], weight.grad)

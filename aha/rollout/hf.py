@@ -22,7 +22,7 @@ import torch
 from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase,
                           TopPLogitsWarper)
 
-from aha.models import cache_keyword, output_cache, prefix_cache as shared_cache, reserve_cache
+from aha.models import AccumulatingLinear, cache_keyword, output_cache, prefix_cache as shared_cache, reserve_cache
 from aha.rollout.base import Generation, SamplingParams, end_token_ids, pad_token_id
 from aha.utils.memory import release_free_memory
 from aha.utils.sequences import left_pad, shared_prefix_length
@@ -109,7 +109,7 @@ def packed_linears(model: torch.nn.Module) -> Iterator[None]:
     patched = []
     if torch.backends.mkldnn.is_available():
         for module in model.modules():
-            if type(module) is torch.nn.Linear and module.weight.device.type == "cpu" \
+            if type(module) in (torch.nn.Linear, AccumulatingLinear) and module.weight.device.type == "cpu" \
                     and module.weight.dtype == torch.float32:
                 bias = module.bias.detach() if module.bias is not None else None
                 module.forward = functools.partial(_packed_linear, module.weight.detach().to_mkldnn(), bias)

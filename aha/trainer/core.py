@@ -163,7 +163,7 @@ def build_policy(config, total_optimizer_steps: int, model_source: str | None = 
     import transformers
     from transformers import get_scheduler
 
-    from aha.models import apply_lora, load_model, sparse_embedding_gradients
+    from aha.models import accumulate_weight_gradients, apply_lora, load_model, sparse_embedding_gradients
 
     transformers.utils.logging.disable_progress_bar()
     model, tokenizer = load_model(model_source or config.model, dtype=config.dtype, device=config.device,
@@ -178,6 +178,7 @@ def build_policy(config, total_optimizer_steps: int, model_source: str | None = 
         model = shard_model(model, world)
     else:
         sparse_embedding_gradients(model)  # the optimiser gets it dense (Policy.step)
+        accumulate_weight_gradients(model)  # micro-batch weight gradients added in place
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = adamw(params, config.learning_rate, config)
     scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps,

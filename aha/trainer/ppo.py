@@ -58,13 +58,14 @@ class PPOTrainer(GRPOTrainer):
     @classmethod
     def from_config(cls, config, *, task=None, console=None) -> "PPOTrainer":
         trainer = super().from_config(config, task=task, console=console)
-        from aha.models import load_model
+        from aha.models import accumulate_weight_gradients, load_model
         from aha.trainer.preflight import check_model
 
         source = check_model(config)
         body, _ = load_model(source, dtype=config.dtype, device=config.device, seed=config.seed,
                              tokenizer=trainer.policy.tokenizer)
         trainer.critic = ValueModel(body).to(trainer.policy.device)
+        accumulate_weight_gradients(trainer.critic)  # micro-batch weight gradients added in place
         trainer.critic_optimizer = adamw(list(trainer.critic.parameters()), config.value_learning_rate, config)
         return trainer
 

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from aha.models import load_model
@@ -146,19 +147,21 @@ def test_prompts_sharing_a_system_prompt_sample_as_when_computed_whole():
                 assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4)
 
 
-def test_packed_linears_compute_what_the_plain_layers_do_and_are_undone_after():
-    import pytest
-
+@pytest.mark.parametrize("trained", [False, True])
+def test_packed_linears_compute_what_the_plain_layers_do_and_are_undone_after(trained):
+    from aha.models import accumulate_weight_gradients
     from aha.rollout.hf import packed_linears
 
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch has no oneDNN")
     model, _ = load_model("tiny:llama", seed=4)
+    if trained:  # a training policy's layers (aha.trainer.core.build_policy) pack too
+        assert accumulate_weight_gradients(model)
     ids = torch.tensor([[5, 6, 7, 8, 9], [9, 8, 7, 6, 5]])
     with torch.no_grad():
         plain = model(input_ids=ids).logits
         with packed_linears(model):
-            assert all("forward" in vars(m) for m in model.modules() if type(m) is torch.nn.Linear)
+            assert all("forward" in vars(m) for m in model.modules() if isinstance(m, torch.nn.Linear))
             packed = model(input_ids=ids).logits
         assert not any("forward" in vars(m) for m in model.modules())  # the class's forward again
         again = model(input_ids=ids).logits
