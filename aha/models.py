@@ -329,13 +329,16 @@ class _LinearAccumulatingGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
+        ctx.save_for_backward(x)
+        # the parameter itself, not a saved tensor: under activation checkpointing a saved tensor comes back
+        # as a recomputed alias, and a gradient set on an alias would never reach the parameter
+        ctx.weight = weight
         ctx.has_bias = bias is not None
         return torch.nn.functional.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
+        (x,), weight = ctx.saved_tensors, ctx.weight
         grad_x = grad @ weight if ctx.needs_input_grad[0] else None
         rows = grad.reshape(-1, grad.shape[-1])
         inputs = x.reshape(-1, x.shape[-1])

@@ -137,8 +137,8 @@ def test_grouped_query_attention_gives_sdpa_numbers_without_repeating_keys(monke
         torch.testing.assert_close(grad, plain_grads[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_weight_gradients_added_in_place_train_the_same_weights(lora):
+@pytest.mark.parametrize("lora,checkpointing", [(False, False), (True, False), (False, True)])
+def test_weight_gradients_added_in_place_train_the_same_weights(lora, checkpointing):
     """Linear layers whose backward adds the weight gradient into ``.grad`` (aha.models.AccumulatingLinear):
     over two optimiser steps of two micro-batches each (so both the first gradient and the in-place sum are
     used), with the tied output layer and the embedding's row gradients, the weights equal the plain layers'."""
@@ -150,6 +150,9 @@ def test_weight_gradients_added_in_place_train_the_same_weights(lora):
     states = []
     for fused in (False, True):
         model = tiny_model("llama", tok, seed=3)
+        if checkpointing:  # the layers' forwards run again inside the backward
+            model.train()
+            model.gradient_checkpointing_enable()
         if lora:
             torch.manual_seed(0)  # PEFT draws the adapters' initial weights from the global generator
             model = apply_lora(model, rank=4, alpha=8)
