@@ -83,8 +83,8 @@ class PromptPass:
     micro-batch reads detached copies of the results, its backward accumulates their gradients, and
     :meth:`backward` sends the accumulated gradients through the prompt pass once: the same gradients as
     computing the prompts per micro-batch (``tests/trainer/test_forward.py``), for a fraction of the work. The
-    prompts run twice (without the graph first, with it in :meth:`backward`), so their activations are never
-    held while the micro-batches run.
+    prompts' graph is held while the micro-batches run (a few hundred MB for the default recipe), so they run
+    forward once: computing them again for the backward instead cost 2-4% of the pass (docs/benchmarks.md).
 
         prompts = PromptPass(model, batch, groups)      # [groups] prompts, with the graph
         for mb in micro_batches:
@@ -94,16 +94,15 @@ class PromptPass:
     """
 
     def __init__(self, model: torch.nn.Module, batch: TrainBatch, group_ids: list[int]):
-        self.model, self.batch = model, batch
+        self.model = model
         self.device = next(model.parameters()).device
         self.slot = {g: i for i, g in enumerate(group_ids)}
         self.first_row = torch.tensor([int((batch.group_ids == g).nonzero()[0]) for g in group_ids], dtype=torch.long)
-        # Without the graph: the prompts' activations are not held while the micro-batches run; backward()
-        # computes the prompts again with it (one more forward of the prompts, no memory for them till then).
-        with torch.no_grad():
-            out, self.mask = _prompt_pass(model, batch, self.first_row, self.device)  # mask: [groups, W]
+        out, self.mask = _prompt_pass(model, batch, self.first_row, self.device)  # mask: [groups, W]
         self.cache = output_cache(out)
-        self.copies = [t.detach().requires_grad_(torch.is_grad_enabled()) for t in _outputs(out, self.cache)]
+        # the results with their graph (None under no_grad), and the detached copies the micro-batches read
+        self.outputs: list[torch.Tensor] | None = _outputs(out, self.cache) if torch.is_grad_enabled() else None
+        self.copies = [t.detach().requires_grad_(self.outputs is not None) for t in _outputs(out, self.cache)]
         self.first_logits = self.copies[0]  # [groups, 1, V]
         self.layers = [(self.copies[1 + 2 * i], self.copies[2 + 2 * i]) for i in range(len(self.cache.layers))]
 
@@ -128,12 +127,14 @@ class PromptPass:
         return logits
 
     def backward(self) -> None:
-        """The gradients the micro-batches left on the copies, through the prompt pass (once)."""
-        if not any(c.grad is not None for c in self.copies):
+        """The gradients the micro-batches left on the copies, through the prompt pass (once); its graph is
+        freed."""
+        outputs, self.outputs = self.outputs, None
+        if outputs is None:
             return
-        out, _ = _prompt_pass(self.model, self.batch, self.first_row, self.device)
-        pairs = [(t, c.grad) for t, c in zip(_outputs(out, output_cache(out)), self.copies) if c.grad is not None]
-        torch.autograd.backward([t for t, _ in pairs], [grad for _, grad in pairs])
+        pairs = [(t, c.grad) for t, c in zip(outputs, self.copies) if c.grad is not None]
+        if pairs:
+            torch.autograd.backward([t for t, _ in pairs], [grad for _, grad in pairs])
 
 
 def _outputs(out, cache) -> list[torch.Tensor]:

@@ -90,11 +90,16 @@ def test_prompts_computed_once_per_pass_give_the_per_micro_batch_gradients(syste
     plain = {n: p.grad.clone() for n, p in model.named_parameters()}
 
     model.zero_grad()
+    forwards = []
+    hook = model.register_forward_pre_hook(lambda module, args: forwards.append(1))
     once = PromptPass(model, batch, [0, 1, 2])
     for mb, expected in zip(micro, plain_logits):
         logits = once.completion_logits(mb)
         assert torch.allclose(logits[mb.completion_mask.bool()], expected[mb.completion_mask.bool()], atol=1e-5)
         loss(logits, mb).backward()
     once.backward()
+    hook.remove()
+    prompt_forwards = 2 if system_prompt else 1  # the system prompt, then the rest of each prompt
+    assert len(forwards) == prompt_forwards + len(micro)  # not again for the prompts' backward
     for name, param in model.named_parameters():
         assert torch.allclose(param.grad, plain[name], atol=1e-5), name
