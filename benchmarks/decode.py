@@ -3,7 +3,8 @@
 Both run inside ``HFBackend`` (the same prompt prefill and shared-prefix KV cache); the difference is the
 loop that samples the new tokens. Greedy shapes (batch 1, 8, 32, 64) and the default recipe's shape (8 prompts
 x 8 seeded samples at temperature 0.7, 48 tokens, stop at "</answer>") on SmolLM2-135M-Instruct in fp32.
-Each measurement alternates the two engines over repetitions and checks that they produced the same tokens.
+Each measurement alternates the two engines over repetitions and checks that they produced the same tokens
+(greedy: all of them; sampled: how many rows are identical).
 The machine's bounds are measured in the same run: the compute bound (fp32 matmul rate / 2 FLOPs per
 parameter per token) and the memory bound (copy bandwidth x batch / weight bytes, every step reads every
 weight once).
@@ -54,6 +55,8 @@ def main() -> None:
     shapes = [(f"greedy, batch {b}", prompt_ids[:b], 1, SamplingParams(args.max_new_tokens, 0.0, stop=stop), None)
               for b in (1, 8, 32, 64)]
     sampled = SamplingParams(args.max_new_tokens, config.temperature, config.top_p, stop)
+    shapes.append(("default recipe's shape, greedy: 8 prompts x 8", prompt_ids[:8], 8,
+                   SamplingParams(args.max_new_tokens, 0.0, stop=stop), None))
     shapes.append(("default recipe: 8 prompts x 8 samples, T 0.7", prompt_ids[:8], 8, sampled, list(range(64))))
     print("| shape | aha tokens/s | transformers tokens/s | ratio | same tokens | memory bound tokens/s |")
     print("|---|---|---|---|---|---|")
@@ -68,12 +71,15 @@ def main() -> None:
                 elapsed = time.perf_counter() - t0
                 rates[key].append(sum(len(g.token_ids) for g in gens) / elapsed)
                 outputs[key] = [g.token_ids for g in gens]
-        same = outputs["aha"] == outputs["transformers"]
+        # greedy: every token the same; sampled: rows identical (a last-digit difference in a probability can
+        # move a seeded draw across a token boundary, and the row goes its own way from there)
+        identical = sum(x == y for x, y in zip(outputs["aha"], outputs["transformers"]))
+        same = "yes" if identical == len(outputs["aha"]) else f"{identical}/{len(outputs['aha'])} rows"
         a, t = statistics.median(rates["aha"]), statistics.median(rates["transformers"])
         rows = len(prompts) * samples
         print(f"| {name} | {a:.0f} ({min(rates['aha']):.0f}–{max(rates['aha']):.0f}) | {t:.0f} "
               f"({min(rates['transformers']):.0f}–{max(rates['transformers']):.0f}) | {a / t:.2f}x | "
-              f"{'yes' if same else 'NO'} | {bandwidth / 2 * rows / weight_bytes:.0f} |", flush=True)
+              f"{same} | {bandwidth / 2 * rows / weight_bytes:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

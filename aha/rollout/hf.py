@@ -22,7 +22,8 @@ import torch
 from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase,
                           TopPLogitsWarper)
 
-from aha.models import AccumulatingLinear, cache_keyword, output_cache, prefix_cache as shared_cache, reserve_cache
+from aha.models import (SHARED_PREFIX_KEYWORD, AccumulatingLinear, SharedPrefix, cache_keyword, output_cache,
+                        prefix_cache as shared_cache, reserve_cache)
 from aha.rollout.base import Generation, SamplingParams, end_token_ids, pad_token_id
 from aha.utils.memory import release_free_memory
 from aha.utils.sequences import left_pad, shared_prefix_length
@@ -175,7 +176,7 @@ class HFBackend:
         else:  # left padding: every completion starts at the same column
             input_ids, attention_mask = left_pad(prompts, self.pad_id, device)
         width = input_ids.shape[1]
-        prefix_cache = None
+        prefix_cache = shared_prompts = None
         if width > 1 and (num_samples > 1 or self.decode_loop):
             # Run the prompts (all but their last token) once, then copy their cache for each sample.
             positions = (attention_mask[:, :-1].cumsum(1) - 1).clamp(min=0)
@@ -187,20 +188,26 @@ class HFBackend:
                 prefix = self.model(input_ids=input_ids[:, shared:-1], attention_mask=attention_mask[:, :-1],
                                     position_ids=positions[:, shared:], use_cache=True, logits_to_keep=1, **inputs)
                 prefix_cache = output_cache(prefix)
-            if num_samples > 1:
+            if num_samples > 1 and self.decode_loop and SharedPrefix.supports(self.model, prefix_cache):
+                # the samples of a prompt read its cache once (cascade attention), not a copy each
+                rows = torch.arange(len(prompts), device=device).repeat_interleave(num_samples)
+                shared_prompts = SharedPrefix(prefix_cache, attention_mask[:, :-1], rows)
+                prefix_cache = None
+            elif num_samples > 1:
                 prefix_cache.batch_repeat_interleave(num_samples)
         input_ids = input_ids.repeat_interleave(num_samples, dim=0)
         attention_mask = attention_mask.repeat_interleave(num_samples, dim=0)
         if self.decode_loop:
-            return self._decode(input_ids, attention_mask, prefix_cache, params, prefill, seeds)
+            return self._decode(input_ids, attention_mask, prefix_cache, params, prefill, seeds, shared_prompts)
         return self._generate(input_ids, attention_mask, prefix_cache, params, prefill, seeds)
 
     def _decode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, params: SamplingParams,
-                prefill: str, seeds: list[int] | None) -> list[Generation]:
+                prefill: str, seeds: list[int] | None, shared: SharedPrefix | None = None) -> list[Generation]:
         """The decode loop: one forward of the last tokens per step with the KV cache; a row ends at an end
         token or a stop string (checked on the text of its last tokens: a stop string counts within the
         completion, where ``transformers`` also matches one that starts in the prompt); when a quarter of the
-        batch has ended, those rows leave the batch and its cache, so the compute follows the rows still going."""
+        batch has ended, those rows leave the batch and its cache, so the compute follows the rows still going.
+        With ``shared`` the prompts but their last tokens are in it, and ``cache`` starts empty."""
         rows = input_ids.shape[0]
         device = input_ids.device
         temperature = params.temperature
@@ -214,9 +221,11 @@ class HFBackend:
         tail = max((len(s) for s in params.stop), default=0)  # tokens to decode for the stop check (>= 1 char each)
         next_ids = input_ids[:, -1:]  # [b, 1]
         positions = attention_mask.sum(dim=1, keepdim=True) - 1  # [b, 1] the position of each row's last token
-        mask = attention_mask
+        mask = attention_mask if shared is None else attention_mask[:, -1:]  # the rows' own tokens only
         for step in range(params.max_new_tokens):
             inputs = {self.cache_kw: cache} if cache is not None else {}
+            if shared is not None:
+                inputs[SHARED_PREFIX_KEYWORD] = shared
             out = self.model(input_ids=next_ids, attention_mask=mask, position_ids=positions, use_cache=True, **inputs)
             cache = output_cache(out)
             if step == 0:  # room for the rest of the completion: no copy of the whole cache per token
@@ -252,6 +261,8 @@ class HFBackend:
             if ended * 4 >= len(live):  # drop the ended rows from the batch and the cache
                 keep = torch.tensor([b for b, alive in enumerate(live) if alive], dtype=torch.long, device=device)
                 cache.batch_select_indices(keep)
+                if shared is not None:
+                    shared.select(keep)
                 mask, picked, positions = mask[keep], picked[keep], positions[keep]
                 origin = [origin[b] for b in keep.tolist()]
                 live = [True] * len(origin)

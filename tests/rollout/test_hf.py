@@ -206,3 +206,70 @@ def test_a_reserved_cache_decodes_as_the_growing_one_through_growth_row_selectio
             logits.append(out)
     for plain, mine in zip(*logits):
         assert torch.allclose(plain, mine, atol=1e-5)
+
+
+def test_shared_prefix_attention_is_attention_over_the_group_prompt_and_the_row_tokens():
+    from transformers.cache_utils import DynamicCache
+
+    from aha.models import SharedPrefix
+
+    g = torch.Generator().manual_seed(0)
+    groups, kv, heads, width, own, dim = 3, 2, 6, 5, 4, 8
+    cache = DynamicCache()
+    prefix_keys = [torch.randn(groups, kv, width, dim, generator=g) for _ in range(2)]
+    prefix_values = [torch.randn(groups, kv, width, dim, generator=g) for _ in range(2)]
+    for layer in range(2):
+        cache.update(prefix_keys[layer], prefix_values[layer], layer)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1], [0, 0, 0, 0, 0]])  # left padding; group 2: no prefix
+    row_group = torch.tensor([0, 0, 1, 2, 1, 0, 2])
+    shared = SharedPrefix(cache, mask, row_group)
+    rows = len(row_group)
+    query = torch.randn(rows, heads, 1, dim, generator=g)
+    key, value = torch.randn(rows, kv, own, dim, generator=g), torch.randn(rows, kv, own, dim, generator=g)
+
+    def reference(layer, keep):  # softmax over [the group's unpadded prompt, the row's own tokens], head by head
+        out = torch.empty(len(keep), 1, heads, dim)
+        for i, row in enumerate(keep.tolist()):
+            grp = int(row_group[row])
+            for h in range(heads):
+                j = h // (heads // kv)  # the key/value head of query head h
+                k = torch.cat([prefix_keys[layer][grp, j][mask[grp].bool()], key[row, j]])
+                v = torch.cat([prefix_values[layer][grp, j][mask[grp].bool()], value[row, j]])
+                out[i, 0, h] = torch.softmax(k @ query[row, h, 0] / dim**0.5, dim=0) @ v
+        return out
+
+    everyone = torch.arange(rows)
+    for layer in range(2):
+        assert torch.allclose(shared.attend(layer, query, key, value, None), reference(layer, everyone), atol=1e-5)
+    keep = torch.tensor([6, 1, 2])  # the batch compacted: group 1 keeps one row; group 0 one; group 2 one
+    shared.select(keep)
+    got = shared.attend(1, query[keep], key[keep], value[keep], None)
+    assert torch.allclose(got, reference(1, keep), atol=1e-5)
+    shared.select(torch.tensor([1]))  # only a row of group 0 left: the other groups' prompts are dropped
+    assert len(shared.keys[0]) == 1
+    assert torch.allclose(shared.attend(0, query[[1]], key[[1]], value[[1]], None), reference(0, torch.tensor([1])),
+                          atol=1e-5)
+
+
+def test_the_samples_of_a_prompt_read_its_cache_once_and_decode_as_with_a_copy_each(monkeypatch):
+    from aha.models import SharedPrefix
+
+    loop, _ = loop_and_generate()
+    questions = ["3 + 4 =", "a longer prompt 9 - 8 =", "7", "x y z"]  # "7": no prompt before its last token
+    prompts = loop.tokenizer(questions, add_special_tokens=False)["input_ids"]
+    params = SamplingParams(16, temperature=1.0, logprobs=True)
+    seeds = list(range(4 * 4))
+    free = loop.generate(prompts, SamplingParams(16, temperature=1.0), seeds=[1, 2, 3, 4])
+    loop.eos_ids = loop.eos_ids | {free[0].token_ids[2], free[1].token_ids[6]}  # rows end on the way
+    calls = []
+    attend = SharedPrefix.attend
+    monkeypatch.setattr(SharedPrefix, "attend", lambda self, *args: calls.append(len(self.row_group))
+                        or attend(self, *args))
+    shared = loop.generate(prompts, params, num_samples=4, seeds=seeds)
+    assert calls and calls[0] == 16 and min(calls) < 16  # used, and followed the batch as rows left it
+    monkeypatch.setattr(SharedPrefix, "supports", staticmethod(lambda model, cache: False))
+    copies = loop.generate(prompts, params, num_samples=4, seeds=seeds)  # the prompt's cache copied per sample
+    assert [g.token_ids for g in shared] == [g.token_ids for g in copies]
+    assert {g.finish_reason for g in shared} == {"stop", "length"}
+    for x, y in zip(shared, copies):
+        assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4)
