@@ -1,7 +1,8 @@
 """Generation with a ``transformers`` model: batched sampling with the KV cache, on CPU or GPU.
 
-The G completions of a prompt share its prefix: the prompt is run through the model once, its KV cache
-is repeated G times, and only the new tokens are computed for each sample. The decode loop then runs one
+The G completions of a prompt share its prefix: the prompt is run through the model once, and only the new
+tokens are computed for each sample. In the decode loop on the CPU the samples attend to one copy of the
+prompt's KV cache (:class:`aha.models.SharedPrefix`); elsewhere the cache is repeated G times. The loop runs one
 forward per token over the rows still going: a row that ends (end token or stop string) stops costing
 compute once a quarter of the batch has ended and the ended rows are dropped from the batch and its cache
 (``transformers.generate``, the alternative, computes every row until the longest ends). On the CPU the
@@ -178,7 +179,7 @@ class HFBackend:
         width = input_ids.shape[1]
         prefix_cache = shared_prompts = None
         if width > 1 and (num_samples > 1 or self.decode_loop):
-            # Run the prompts (all but their last token) once, then copy their cache for each sample.
+            # Run the prompts (all but their last token) once; their samples share the cache or get a copy each.
             positions = (attention_mask[:, :-1].cumsum(1) - 1).clamp(min=0)
             inputs = {}
             if shared:
