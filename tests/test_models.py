@@ -137,14 +137,23 @@ def test_grouped_query_attention_gives_sdpa_numbers_without_repeating_keys(monke
         torch.testing.assert_close(grad, plain_grads[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("lora,checkpointing", [(False, False), (True, False), (False, True)])
-def test_weight_gradients_added_in_place_train_the_same_weights(lora, checkpointing):
+@pytest.mark.parametrize("lora,checkpointing,products", [
+    (False, False, "onednn"), (True, False, "onednn"), (False, True, "onednn"),
+    (False, False, "onednn, gradients summed by addmm_"), (False, False, "torch")])
+def test_weight_gradients_added_in_place_train_the_same_weights(lora, checkpointing, products, monkeypatch):
     """Linear layers whose backward adds the weight gradient into ``.grad`` (aha.models.AccumulatingLinear):
     over two optimiser steps of two micro-batches each (so both the first gradient and the in-place sum are
-    used), with the tied output layer and the embedding's row gradients, the weights equal the plain layers'."""
+    used), with the tied output layer and the embedding's row gradients, the weights equal the plain layers'.
+    The products run on oneDNN where torch has it (the weight gradient added after its product on AVX-512, by
+    MKL's ``addmm_`` on AVX2), else torch's own."""
+    import aha.models
     from aha.models import AccumulatingLinear, accumulate_weight_gradients, sparse_embedding_gradients, tiny_model
     from aha.trainer.core import Policy
 
+    if products == "torch":
+        monkeypatch.setattr(aha.models, "_ONEDNN_LINEAR", None)
+    elif "addmm_" in products:
+        monkeypatch.setattr(aha.models, "_AVX512", False)
     tok = char_tokenizer()
     ids = [tok(t, return_tensors="pt").input_ids for t in ("12 + 30 = 42", "7 - 9 = -2, so")]
     states = []
