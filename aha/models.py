@@ -466,9 +466,10 @@ class _LinearAccumulatingGrad(torch.autograd.Function):
             grad_x = _times_transposed(rows, weight.t()).view(*grad.shape[:-1], weight.shape[1])
         if ctx.needs_input_grad[1]:
             inputs = x.reshape(-1, x.shape[-1])
+            onednn = _AVX512 and weight.shape[0] < WIDE_OUTPUT and _onednn(rows, inputs)
             if weight.grad is None:
-                weight.grad = _times_transposed(rows.t(), inputs.t())
-            elif _AVX512 and weight.shape[0] < WIDE_OUTPUT and _onednn(rows, inputs):
+                weight.grad = _times_transposed(rows.t(), inputs.t()) if onednn else rows.t() @ inputs
+            elif onednn:
                 weight.grad.add_(_times_transposed(rows.t(), inputs.t()))
             else:
                 weight.grad.addmm_(rows.t(), inputs)
