@@ -2,10 +2,10 @@
 
 The G completions of a prompt share its prefix: the prompt is run through the model once, and only the new
 tokens are computed for each sample. In the decode loop on the CPU the samples attend to one copy of the
-prompt's KV cache (:class:`aha.models.SharedPrefix`); elsewhere the cache is repeated G times. The loop runs one
-forward per token over the rows still going: a row that ends (end token or stop string) stops costing
-compute once a quarter of the batch has ended and the ended rows are dropped from the batch and its cache
-(``transformers.generate``, the alternative, computes every row until the longest ends). On the CPU the
+prompt's KV cache (:class:`aha.models.attention.SharedPrefix`); elsewhere the cache is repeated G times.
+The loop runs one forward per token over the rows still going: a row that ends (end token or stop string)
+stops costing compute once a quarter of the batch has ended and the ended rows are dropped from the batch
+and its cache (``transformers.generate``, the alternative, computes every row until the longest ends). On the CPU the
 linear layers compute with oneDNN-packed copies of their weights while the loop runs (:func:`packed_linears`).
 
 With a seed per completion, each row samples from its own random stream (inverse-CDF sampling with one
@@ -23,8 +23,8 @@ import torch
 from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase,
                           TopPLogitsWarper)
 
-from aha.models import (SHARED_PREFIX_KEYWORD, AccumulatingLinear, SharedPrefix, cache_keyword, output_cache,
-                        prefix_cache as shared_cache, reserve_cache)
+from aha.models import AccumulatingLinear, cache_keyword, output_cache, prefix_cache as shared_cache, reserve_cache
+from aha.models.attention import SHARED_PREFIX_KEYWORD, SharedPrefix
 from aha.rollout.base import Generation, SamplingParams, end_token_ids, pad_token_id
 from aha.utils.memory import release_free_memory
 from aha.utils.sequences import left_pad, shared_prefix_length

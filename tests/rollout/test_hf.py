@@ -211,7 +211,7 @@ def test_a_reserved_cache_decodes_as_the_growing_one_through_growth_row_selectio
 def test_shared_prefix_attention_is_attention_over_the_group_prompt_and_the_row_tokens():
     from transformers.cache_utils import DynamicCache
 
-    from aha.models import SharedPrefix
+    from aha.models.attention import SharedPrefix
 
     g = torch.Generator().manual_seed(0)
     groups, kv, heads, width, own, dim = 3, 2, 6, 5, 4, 8
@@ -252,7 +252,7 @@ def test_shared_prefix_attention_is_attention_over_the_group_prompt_and_the_row_
 
 
 def test_the_samples_of_a_prompt_read_its_cache_once_and_decode_as_with_a_copy_each(monkeypatch):
-    from aha.models import SharedPrefix
+    from aha.models.attention import SharedPrefix
 
     loop, _ = loop_and_generate()
     questions = ["3 + 4 =", "a longer prompt 9 - 8 =", "7", "x y z"]  # "7": no prompt before its last token
