@@ -31,6 +31,7 @@ PANELS = [
      "accuracy: reflective vs plain responses"),
     ("kl", ["kl"], "KL to the reference"),
     ("entropy", ["entropy"], "token entropy"),
+    ("no_signal", ["zero_std_groups"], "groups whose samples all scored alike (no gradient)"),
     ("clip", ["clip_ratio"], "clipped share of tokens"),
 ]
 MAX_ROLLOUTS = 600

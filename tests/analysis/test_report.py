@@ -32,7 +32,8 @@ def fake_run(root: Path, steps: int = 30, moment: int = 18) -> Path:
                         "length/mean": 30 + step, "length/p90": 40 + step, "length/correct": 28 + step,
                         "length/incorrect": 33 + step, "reflection/rate": rate,
                         "reflection/accuracy_reflective": 0.7 if after else 0.2, "reflection/accuracy_plain": 0.4,
-                        "entropy": 1.0 - 0.01 * step, "clip_ratio": 0.0, "kl": 0.001 * step})
+                        "entropy": 1.0 - 0.01 * step, "clip_ratio": 0.0, "kl": 0.001 * step,
+                        "zero_std_groups": min(1.0, 0.03 * step)})
         for k in range(2):
             reflective = after and k == 0
             text = ("<think>2 + 3 = 6. Wait, let me check: 2 + 3 = 5.</think><answer>5</answer>" if reflective
@@ -58,8 +59,10 @@ def test_the_report_finds_the_moment_and_explains_it(tmp_path):
     assert out == run / "report.html"
     assert "Aha moment at step 18" in page
     assert "<mark>Wait</mark>" in page and "<mark>let me check</mark>" in page
-    # the 7 panels, all with data, and held-out accuracy
-    assert page.count("<img ") == len(list((tmp_path / "png").glob("*.png"))) == 8
+    # the 8 panels, all with data, and held-out accuracy
+    pngs = sorted(p.stem for p in (tmp_path / "png").glob("*.png"))
+    assert page.count("<img ") == len(pngs) == 9
+    assert "no_signal" in pngs and "alt='no_signal'" in page  # the share of groups without a gradient
     assert "http://" not in page and "https://" not in page  # nothing fetched to view it
     flat = fake_run(tmp_path / "flat", moment=999)
     assert "No aha moment" in build_report([str(flat)]).read_text()
