@@ -27,10 +27,12 @@ def _scaled(rows: torch.Tensor, scale: float, out: torch.Tensor) -> torch.Tensor
 
 
 class _TokenLogprobs(torch.autograd.Function):
-    """log softmax(logits * scale)[label] per row, with the entropy of that distribution (no gradient)."""
+    """log softmax(logits * scale)[label] per row, with the entropy of that distribution (differentiable with
+    ``entropy_grad``, for an entropy bonus in the loss)."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, scale: float, with_entropy: bool):
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, scale: float, with_entropy: bool,
+                entropy_grad: bool = False):
         vocab = logits.shape[-1]
         flat, flat_labels = logits.reshape(-1, vocab), labels.reshape(-1, 1)
         n, step = flat.shape[0], _chunk_rows(vocab)
@@ -53,31 +55,47 @@ class _TokenLogprobs(torch.autograd.Function):
             log_total = total.log()
             logprobs[start:end] = picked - log_total
             lse[start:end] = top.squeeze(1) + log_total
-        ctx.save_for_backward(logits, labels, lse)
         ctx.scale = scale
+        ctx.set_materialize_grads(False)
         if entropy is None:
+            ctx.save_for_backward(logits, labels, lse)
             return logprobs.view(labels.shape)
-        ctx.mark_non_differentiable(entropy)
+        if entropy_grad:
+            ctx.save_for_backward(logits, labels, lse, entropy)
+        else:
+            ctx.save_for_backward(logits, labels, lse)
+            ctx.mark_non_differentiable(entropy)
         return logprobs.view(labels.shape), entropy.view(labels.shape)
 
     @staticmethod
-    def backward(ctx, grad_logprobs: torch.Tensor, grad_entropy: torch.Tensor | None = None):
-        logits, labels, lse = ctx.saved_tensors
+    def backward(ctx, grad_logprobs: torch.Tensor | None, grad_entropy: torch.Tensor | None = None):
+        logits, labels, lse, *saved_entropy = ctx.saved_tensors
         vocab = logits.shape[-1]
         flat, flat_labels = logits.reshape(-1, vocab), labels.reshape(-1, 1)
-        coef = (grad_logprobs.reshape(-1, 1).float() * ctx.scale)  # [n, 1]: d loss / d (scaled logit of label)
-        grad = torch.empty_like(flat)
         n, step = flat.shape[0], _chunk_rows(vocab)
+        # [n, 1]: d loss / d (scaled logit of the label)
+        coef = (grad_logprobs.reshape(-1, 1).float() * ctx.scale if grad_logprobs is not None
+                else flat.new_zeros(n, 1, dtype=torch.float32))
+        # d H / d x_j = -p_j (log p_j + H) for the scaled logits x; [n, 1] scale of that term, or None
+        entropy_coef = (grad_entropy.reshape(-1, 1).float() * ctx.scale
+                        if grad_entropy is not None and saved_entropy else None)
+        grad = torch.empty_like(flat)
         same_dtype = flat.dtype == torch.float32
         work = None if same_dtype else torch.empty(min(step, n), vocab, dtype=torch.float32, device=flat.device)
         for start in range(0, n, step):
             end = min(start + step, n)
             x = _scaled(flat[start:end], ctx.scale, grad[start:end] if same_dtype else work[: end - start])
-            x.sub_(lse[start:end, None]).exp_().mul_(coef[start:end].neg())  # -softmax * coef
+            x.sub_(lse[start:end, None])  # log p
+            if entropy_coef is None:
+                x.exp_().mul_(coef[start:end].neg())  # -softmax * coef
+            else:  # -p * (coef + entropy_coef * (log p + H))
+                p = x.exp()
+                x.add_(saved_entropy[0][start:end, None]).mul_(entropy_coef[start:end]).add_(coef[start:end])
+                x.mul_(p).neg_()
             x.scatter_add_(1, flat_labels[start:end], coef[start:end])  # + coef at the label
             if not same_dtype:
                 grad[start:end] = x
-        return grad.view_as(logits), None, None, None
+        return grad.view_as(logits), None, None, None, None
 
 
 def _scale(temperature: float) -> float:
@@ -90,12 +108,12 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: floa
     return _TokenLogprobs.apply(logits, labels, _scale(temperature), False)
 
 
-def token_logprobs_and_entropy(logits: torch.Tensor, labels: torch.Tensor,
-                               temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logprobs_and_entropy(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
+                               entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`token_logprobs` and, from the same pass over the logits, the entropy of each position's
-    next-token distribution (no gradient)."""
-    logprobs, entropy = _TokenLogprobs.apply(logits, labels, _scale(temperature), True)
-    return logprobs, entropy.detach()
+    next-token distribution (differentiable with respect to the logits with ``entropy_grad``, else detached)."""
+    logprobs, entropy = _TokenLogprobs.apply(logits, labels, _scale(temperature), True, entropy_grad)
+    return logprobs, entropy if entropy_grad else entropy.detach()
 
 
 @torch.no_grad()

@@ -73,6 +73,10 @@ class GRPOConfig(TeacherSection, CheckpointSection, RunSection, OptimSection, Sa
     """Upper clip range (DAPO's clip-higher raises it, e.g. 0.28)."""
     beta: float = 0.0
     """Weight of the k3 KL penalty to the reference model; 0 loads no reference model."""
+    entropy_coef: float = 0.0
+    """Weight of an entropy bonus: the loss less entropy_coef x the mean token entropy of the completions (at the
+    sampling temperature), against the entropy collapse that leaves a prompt's samples identical and its group
+    without a gradient (verl's entropy_coeff). > 0 trains every row, groups without reward spread included."""
     ref_sync_steps: int = 0
     """Reset the reference model to the current policy every N steps (0: never)."""
     num_iterations: int = 1
@@ -125,7 +129,7 @@ class GRPOConfig(TeacherSection, CheckpointSection, RunSection, OptimSection, Sa
                      f"must be in (0, 1), got {self.vllm_gpu_memory_utilization}")
         self.require(not (self.fsdp and self.algorithm == "ppo"), "fsdp",
                      "ppo's value model is not sharded; use fsdp with algorithm=grpo")
-        for name in ("beta", "eps_low", "eps_high"):
+        for name in ("beta", "entropy_coef", "eps_low", "eps_high"):
             self.require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         self.require(isinstance(self.rewards, dict) and (bool(self.rewards) or bool(self.teacher)), "rewards",
                      "give at least one reward, e.g. {accuracy: 1.0} (or a teacher, for on-policy distillation)")

@@ -283,14 +283,17 @@ class GRPOTrainer(Trainer):
             t0 = time.perf_counter()
             prompts = self._prompt_pass(self.model, batch, micro)  # every prompt through the policy once a pass
             for mb in micro:
-                logprobs, entropy = self._logprobs(self.model, mb, prompts, entropy=True)  # [m, C] each
-                entropy_sum += float((entropy * mb.completion_mask).sum())
+                logprobs, entropy = self._logprobs(self.model, mb, prompts, entropy=True,  # [m, C] each
+                                                   entropy_grad=c.entropy_coef > 0)
+                entropy_sum += float((entropy.detach() * mb.completion_mask).sum())
                 old = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()
                 loss, mb_stats = policy_loss(
                     logprobs, old, mb.advantages, mb.completion_mask, loss_type=c.loss_type, eps_low=c.eps_low,
                     eps_high=c.eps_high, beta=beta, ref_logprobs=mb.ref_logprobs,
                     max_completion_length=c.max_completion_length, num_sequences=num_sequences, num_tokens=num_tokens,
                     engine_logprobs=mb.engine_logprobs, engine_ratio_cap=c.engine_ratio_cap)
+                if c.entropy_coef > 0:  # the bonus: the batch's mean token entropy, summed over micro-batches
+                    loss = loss - c.entropy_coef * (entropy * mb.completion_mask).sum() / max(num_tokens, 1.0)
                 loss.backward()
                 share = float(mb.completion_mask.sum()) / max(trained_tokens, 1)  # token-weighted stats
                 for k, v in mb_stats.items():
@@ -313,15 +316,15 @@ class GRPOTrainer(Trainer):
     def _micro_batch_rows(self, batch: TrainBatch) -> list[torch.Tensor]:
         """Rows to train on, in micro-batches of at most micro_batch_size rows, longest completions first.
 
-        With no KL term a zero-advantage row has exactly zero gradient, so it is skipped (whole groups
-        with no reward spread, typically); the loss normalisers still count it, because they are the full
-        batch's counts. When the prompts run once per pass (:class:`PromptPass`), rows are sorted by length
+        With no KL term and no entropy bonus a zero-advantage row has exactly zero gradient, so it is skipped
+        (whole groups with no reward spread, typically); the loss normalisers still count it, because they are
+        the full batch's counts. When the prompts run once per pass (:class:`PromptPass`), rows are sorted by length
         over the whole batch, so a micro-batch pads its completions to a width close to their own; otherwise
         groups stay together so that a micro-batch computes each prompt once, longest groups first.
         """
         c = self.config
         nonzero = batch.advantages != 0 if batch.advantages.dim() == 1 else (batch.advantages != 0).any(dim=1)
-        keep = torch.ones(batch.size, dtype=torch.bool) if self.loss_beta > 0 else nonzero
+        keep = torch.ones(batch.size, dtype=torch.bool) if self.loss_beta > 0 or c.entropy_coef > 0 else nonzero
         keep &= batch.completion_mask.sum(dim=1) > 0  # rows with no token to learn from (masked, empty)
         lengths = batch.completion_mask.sum(dim=1)
         if self._shares_prefix():
@@ -362,15 +365,17 @@ class GRPOTrainer(Trainer):
         return self.config.share_prompt_prefix and not self.config.gradient_checkpointing and not self.policy.sharded
 
     def _logprobs(self, model: torch.nn.Module, mb: TrainBatch, prompts: PromptPass | None = None,
-                  entropy: bool = False):
+                  entropy: bool = False, entropy_grad: bool = False):
         """``model``'s log-probabilities [m, C] of ``mb``'s completion tokens at the sampling temperature (and
-        with ``entropy``, each position's entropy), from ``prompts`` (the pass's prompts run once) when given."""
+        with ``entropy``, each position's entropy, differentiable with ``entropy_grad``), from ``prompts`` (the
+        pass's prompts run once) when given."""
         if prompts is not None:
             logits = prompts.completion_logits(mb)
         else:
             logits = completion_logits(model, mb, share_prefix=self._shares_prefix())
-        of = token_logprobs_and_entropy if entropy else token_logprobs
-        return of(logits, mb.completion_ids, self.config.temperature)
+        if entropy:
+            return token_logprobs_and_entropy(logits, mb.completion_ids, self.config.temperature, entropy_grad)
+        return token_logprobs(logits, mb.completion_ids, self.config.temperature)
 
     @torch.no_grad()
     def _fill_reference_logprobs(self, batch: TrainBatch, micro: list[TrainBatch]) -> None:

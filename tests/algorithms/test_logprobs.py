@@ -62,3 +62,36 @@ def test_logprob_gradient_hand_computed(temperature, expected):
     logits = torch.zeros(1, 1, 4, requires_grad=True)
     token_logprobs(logits, torch.tensor([[2]]), temperature).sum().backward()
     assert logits.grad.flatten().tolist() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 4, 1000])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_entropy_gradient_matches_the_plain_computation(monkeypatch, chunk_rows, temperature):
+    # the entropy bonus's gradient (with the log-probs' own), against autograd through log_softmax
+    monkeypatch.setattr(module, "CHUNK_BYTES", 4 * 11 * chunk_rows)
+    g = torch.Generator().manual_seed(2)
+    base = torch.randn(3, 5, 11, generator=g) * 3
+    labels = torch.randint(0, 11, (3, 5), generator=g)
+    w_logp, w_entropy = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
+    mine_logits, ref_logits = base.clone().requires_grad_(), base.clone().requires_grad_()
+    logprobs, entropy = token_logprobs_and_entropy(mine_logits, labels, temperature, entropy_grad=True)
+    expected, expected_entropy = reference(ref_logits, labels, temperature)
+    assert entropy.requires_grad and torch.allclose(entropy, expected_entropy, atol=1e-5)
+    ((logprobs * w_logp).sum() + (entropy * w_entropy).sum()).backward()
+    ((expected * w_logp).sum() + (expected_entropy * w_entropy).sum()).backward()
+    assert torch.allclose(mine_logits.grad, ref_logits.grad, atol=1e-5)
+    # the entropy alone (the log-probs unused)
+    only = base.clone().requires_grad_()
+    token_logprobs_and_entropy(only, labels, temperature, entropy_grad=True)[1].sum().backward()
+    ref_only = base.clone().requires_grad_()
+    reference(ref_only, labels, temperature)[1].sum().backward()
+    assert torch.allclose(only.grad, ref_only.grad, atol=1e-5)
+
+
+def test_entropy_gradient_hand_computed():
+    # logits [0, ln 3] -> p = [1/4, 3/4], H = 0.562335; dH/dz_j = -p_j (ln p_j + H):
+    # -0.25 (ln 0.25 + 0.562335) = 0.205990, -0.75 (ln 0.75 + 0.562335) = -0.205990
+    logits = torch.tensor([[[0.0, torch.log(torch.tensor(3.0)).item()]]], requires_grad=True)
+    _, entropy = token_logprobs_and_entropy(logits, torch.tensor([[1]]), entropy_grad=True)
+    entropy.sum().backward()
+    assert logits.grad.flatten().tolist() == pytest.approx([0.205990, -0.205990], abs=1e-6)

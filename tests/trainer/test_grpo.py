@@ -173,6 +173,16 @@ def test_micro_batches_hold_rows_of_similar_length_whatever_their_group(tmp_path
     assert [batch.select(torch.tensor(r)).completion_width for r in rows] == [9, 4, 1]
 
 
+def test_an_entropy_bonus_trains_rows_without_advantage(tmp_path):
+    from aha.types import build_train_batch
+
+    batch = build_train_batch([[5, 6]] * 4, [[10] * n for n in (3, 2, 4, 1)], torch.zeros(4), pad_id=2, group_size=4)
+    batch.advantages = torch.zeros(4)  # a group without reward spread: no policy-gradient signal
+    assert make(tmp_path / "plain", group_size=4)._micro_batch_rows(batch) == []
+    rows = make(tmp_path / "bonus", group_size=4, entropy_coef=0.01)._micro_batch_rows(batch)
+    assert sorted(int(r) for part in rows for r in part) == [0, 1, 2, 3]  # its entropy still has a gradient
+
+
 @pytest.mark.parametrize("extra", [{"beta": 0.1}, {"num_iterations": 2}])
 def test_old_and_reference_logprobs_with_prompts_run_once_equal_the_plain_pass(tmp_path, extra):
     runs = []
