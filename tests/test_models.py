@@ -151,7 +151,7 @@ def test_weight_gradients_added_in_place_train_the_same_weights(lora, checkpoint
     from aha.trainer.core import Policy
 
     if products == "torch":
-        monkeypatch.setattr(aha.models, "_ONEDNN_LINEAR", None)
+        monkeypatch.setattr(aha.models, "ONEDNN_LINEAR", None)
     elif "addmm_" in products:
         monkeypatch.setattr(aha.models, "_AVX512", False)
     tok = char_tokenizer()

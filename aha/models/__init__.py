@@ -284,14 +284,15 @@ def fold_row_gradients(model: torch.nn.Module) -> None:
                 weight.grad.index_add_(0, g.indices()[0], g.values())
 
 
-_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+"""oneDNN's dense-input fp32 linear (``rows, weight, bias, "none", [], ""``), where this torch has it."""
 _AVX512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 WIDE_OUTPUT = 8192
 """Output width (a vocabulary) from which a weight gradient is summed by MKL's ``addmm_`` even on AVX-512."""
 
 
 def _onednn(*tensors: torch.Tensor) -> bool:
-    return _ONEDNN_LINEAR is not None and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.numel()
+    return ONEDNN_LINEAR is not None and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.numel()
                                               for t in tensors)
 
 
@@ -301,7 +302,7 @@ def _times_transposed(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     on an AVX-512 EPYC oneDNN runs the model's shapes at about twice the rate (benchmarks/step_split.py
     measures both), and on AVX2 at about the same."""
     if _onednn(rows, weight):
-        return _ONEDNN_LINEAR(rows, weight, bias, "none", [], "")
+        return ONEDNN_LINEAR(rows, weight, bias, "none", [], "")
     return torch.nn.functional.linear(rows, weight, bias)
 
 

@@ -23,7 +23,8 @@ import torch
 from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase,
                           TopPLogitsWarper)
 
-from aha.models import AccumulatingLinear, cache_keyword, output_cache, prefix_cache as shared_cache, reserve_cache
+from aha.models import (ONEDNN_LINEAR, AccumulatingLinear, cache_keyword, output_cache, prefix_cache as shared_cache,
+                        reserve_cache)
 from aha.models.attention import SHARED_PREFIX_KEYWORD, SharedPrefix
 from aha.rollout.base import Generation, SamplingParams, end_token_ids, pad_token_id
 from aha.utils.memory import release_free_memory
@@ -84,15 +85,12 @@ class _SeededSampling(LogitsProcessor):
         return picked.scatter_(1, self.draw(scores)[:, None], 0.0)
 
 
-_LINEAR_POINTWISE = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-
-
 def _packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     """``nn.Linear``'s forward with a oneDNN-packed weight (``[..., in] -> [..., out]``); the activations stay
     dense when this torch has oneDNN's dense-input linear (no conversion in and out of every product)."""
     rows = x.reshape(-1, x.shape[-1])
-    if _LINEAR_POINTWISE is not None:
-        y = _LINEAR_POINTWISE(rows, weight, bias, "none", [], "")
+    if ONEDNN_LINEAR is not None:
+        y = ONEDNN_LINEAR(rows, weight, bias, "none", [], "")
     else:
         bias = bias if bias is not None else rows.new_zeros(weight.shape[0])
         y = torch._C._nn.mkldnn_linear(rows.to_mkldnn(), weight, bias.to_mkldnn()).to_dense()  # [rows, out]
