@@ -52,6 +52,8 @@ CASES = [
     ("scheduler", {}, ["train", "lr_scheduler=cosin"], "lr_scheduler: unknown scheduler 'cosin'"),
     ("resume without a directory", {}, ["train", "resume=true"], "resume=true needs output_dir="),
     ("prompt template", {}, ["train", "prompt_template=r1"], "prompt_template: must be one of r1-zero, chat, plain"),
+    ("matmul precision", {}, ["sft", "matmul_precision=low"],
+     "matmul_precision: must be one of 'highest', 'high', 'medium'"),
     # rewards
     ("reward unknown", {}, ["train", "rewards={acuracy: 1.0}"], "rewards.acuracy: unknown reward 'acuracy'"),
     ("reward weight", {}, ["train", "rewards={accuracy: {weight: heavy}}"],

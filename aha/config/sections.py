@@ -33,6 +33,11 @@ class ModelSection(Config):
     """auto, cpu, cuda or cuda:N."""
     threads: int = 0
     """CPU threads for torch; 0 keeps torch's default (one per core)."""
+    matmul_precision: Literal["highest", "high", "medium"] = "highest"
+    """Precision of float32 matrix products (torch.set_float32_matmul_precision): highest (float32), high (TF32
+    on NVIDIA GPUs that have it) or medium (bfloat16 products with float32 weights, inputs, outputs and
+    accumulation: on CPUs with AMX, Intel Xeon since Sapphire Rapids, about 2x faster products; on GPUs
+    bfloat16 too). Changes the numbers a run computes, as any mixed precision does."""
 
     def check(self) -> None:
         self.require(bool(self.model), "model",
@@ -165,9 +170,10 @@ class OptimSection(Config):
     grows with it; on a 2-core CPU 4 trains as fast as 32 with 40% less peak memory (docs/benchmarks.md)."""
     max_steps: int = 60
     """Training steps."""
-    max_train_minutes: float = 15.0
+    max_train_minutes: float = 30.0
     """Stop training after this many minutes of wall time, finishing the step in flight (0: no limit). A
-    time limit makes where a run stops depend on the machine; set 0 for runs that must reproduce."""
+    time limit makes where a run stops depend on the machine; set 0 for runs that must reproduce. The default
+    run's 60 steps take 6-20 minutes on 2-core CPUs (docs/benchmarks.md), so 30 leaves room."""
     max_nonfinite_steps: int = 5
     """A step whose loss or gradient is not finite is skipped (no update) and counted; this many in a row
     stop the run, its last checkpoint intact."""

@@ -51,6 +51,7 @@ class LocalSampler:
 
         if config.threads:
             torch.set_num_threads(config.threads)
+        torch.set_float32_matmul_precision(config.matmul_precision)
         self.model_path = resolve_model_source(config.model)
         model, self.tokenizer = load_model(self.model_path, dtype=config.dtype, device=config.device, seed=config.seed)
         self.backend = HFBackend(model, self.tokenizer, config.generation_batch_size, config.decode_loop)

@@ -48,6 +48,7 @@ def student_config(config: DistillConfig, student: str, dataset: Path, output_di
     """The training config of one student: the distillation's prompt and run settings, then ``config.sft``."""
     shared = {"model": student, "output_dir": str(output_dir), "seed": config.seed, "resume": True,
               "deterministic": config.deterministic, "threads": config.threads, "dtype": config.dtype,
+              "matmul_precision": config.matmul_precision,
               "device": config.device, **{k: getattr(config, k) for k in PROMPT_FIELDS}}
     if config.method == "on_policy":
         base = {**shared, "teacher": config.model, "task": config.prompts or config.eval_task,

@@ -83,10 +83,12 @@ def step_seed(seed: int, step: int) -> int:
     return zlib.crc32(f"aha:{seed}:{step}".encode()) & 0x7FFFFFFF
 
 
-def set_determinism(deterministic: bool, threads: int = 0) -> None:
-    """Deterministic kernels (see the ``deterministic`` setting) and the CPU thread count."""
+def set_determinism(deterministic: bool, threads: int = 0, matmul_precision: str = "highest") -> None:
+    """Deterministic kernels (see the ``deterministic`` setting), the CPU thread count and the precision of
+    float32 matrix products (process-wide in torch, so set on every run, the default included)."""
     if threads:
         torch.set_num_threads(threads)
+    torch.set_float32_matmul_precision(matmul_precision)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
     torch.use_deterministic_algorithms(deterministic, warn_only=True)

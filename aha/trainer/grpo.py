@@ -72,7 +72,7 @@ class GRPOTrainer(Trainer):
             raise config.error("prompts_per_step", f"{config.prompts_per_step} prompts cannot be split over "
                                                    f"{world.world_size} processes: each samples whole groups")
         layout = open_run_dir(config.output_dir, config.resume)
-        set_determinism(config.deterministic, config.threads)
+        set_determinism(config.deterministic, config.threads, config.matmul_precision)
         seed_everything(config.seed)
         policy = build_policy(config, config.max_steps * config.num_iterations, inputs.model_source)
         backend = make_backend(config, policy)

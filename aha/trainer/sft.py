@@ -211,7 +211,7 @@ class SFTTrainer(Trainer):
         for source in filter(None, (config.dataset, config.eval_dataset)):
             check_rows(source, field_map, config.on_error)
         layout = open_run_dir(config.output_dir, config.resume)
-        set_determinism(config.deterministic, config.threads)
+        set_determinism(config.deterministic, config.threads, config.matmul_precision)
         seed_everything(config.seed)
         from aha.models import load_tokenizer
 
