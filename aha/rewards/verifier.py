@@ -29,6 +29,18 @@ STARTUP_SECONDS = 60.0
 _PLAIN_NUMBER = re.compile(r"^[+-]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?$|^[+-]?\.\d+$")
 
 
+_ARITHMETIC = re.compile(r"\d\s*(?:\*\*|[-+*×·÷^]|\\times|\\cdot|\\div)\s*[-+({]?\s*\d")
+
+
+def unevaluated(answer: str) -> bool:
+    """True when ``answer`` still holds arithmetic between numbers (``8 + 2 - 7``, ``2 \\times 3``, ``2^{10}``)
+    after its last ``=``: the work restated, not its result. math-verify evaluates such an expression and
+    finds it equal to the value, so a policy that copies the question into its answer tag would be paid for
+    it; against a plain-number gold answer it is wrong. Fractions (``3/4``, ``\\frac{3}{4}``) and signs are
+    values."""
+    return bool(_ARITHMETIC.search(answer.rsplit("=", 1)[-1]))
+
+
 def plain_number(text: str) -> Fraction | None:
     """``text`` as an exact number when it is a plain decimal (``42``, ``-0.50``, ``1,000``), else None."""
     text = text.strip()
@@ -109,7 +121,8 @@ class MathVerifier:
     def equal_many(self, pairs: list[tuple[str, str]], reasons: dict[int, str] | None = None) -> list[bool | None]:
         """For each ``(pred, gold)``: True/False, or None when verification timed out or crashed (why, in
         ``reasons[index]`` when a dict is given). Identical strings and equal plain numbers are decided
-        here, without a round trip."""
+        here, without a round trip, and so is an answer that is arithmetic still to be done against a
+        plain-number gold answer (:func:`unevaluated`: not equal)."""
         results: list[bool | None] = [None] * len(pairs)
         pending = []
         for i, (pred, gold) in enumerate(pairs):
@@ -118,6 +131,8 @@ class MathVerifier:
                 results[i] = True
             elif a is not None and b is not None:
                 results[i] = a == b
+            elif b is not None and unevaluated(pred):
+                results[i] = False
             else:
                 pending.append((i, pred, gold))
         reasons = {} if reasons is None else reasons

@@ -52,6 +52,9 @@ PAIRS = [
     # hacks: many candidates instead of one answer
     ("1, 2, 3, 4, 5", "3", False), ("3 \\text{ or } 4", "3", False), ("\\boxed{3} \\boxed{4}", "3", False),
     ("2, 3", "3", False), ("3, 3, 3", "4", False),
+    # hacks: the question's arithmetic copied into the answer, which math-verify would evaluate to the gold
+    ("8 + 2 - 7", "3", False), ("1 - 7 - 8", "-14", False), ("2 \\times 3", 6.0, False), ("2^{10}", "1024", False),
+    ("8 + 2 - 7 = 3", "3", True), ("-14", "-14", True), ("3/4", "0.75", True),
     # letters and text answers
     ("\\text{(C)}", "\\text{(C)}", True), ("\\text{(B)}", "\\text{(C)}", False),
     # more unequal forms: near misses a lenient grader might accept

@@ -8,12 +8,34 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from aha.rewards.verifier import MathVerifier, plain_number
+from aha.rewards.verifier import MathVerifier, plain_number, unevaluated
 
 
 def test_plain_numbers_are_decided_without_math_verify():
     assert plain_number("1,000") == 1000 and plain_number("-0.50") == -0.5 and plain_number("1,00") is None
     assert plain_number("\\frac12") is None and plain_number("3x") is None
+
+
+@pytest.mark.parametrize("answer, expected", [
+    ("8 + 2 - 7", True), ("1-7-8", True), ("2 \\times 3", True), ("2 \\cdot 3", True), ("6 \\div 2", True),
+    ("2^{10}", True), ("2**3", True), ("3·4", True), ("2(3+4)", True),
+    ("-14", False), ("- 2", False), ("x = 3", False), ("8 + 2 - 7 = 3", False), ("\\frac{1}{2}", False),
+    ("3/4", False), ("1,000", False), ("1e-5", False), ("3.5", False), ("\\sqrt{4}", False), ("(-3)", False),
+])
+def test_arithmetic_still_to_do_is_recognised(answer, expected):
+    assert unevaluated(answer) is expected
+
+
+def test_an_answer_that_restates_the_question_is_not_the_gold_value():
+    """math-verify evaluates ``8 + 2 - 7`` to 3; a policy that learned to copy the question into its answer
+    tag would be paid for every problem. Against a plain-number gold it is wrong; its result is right."""
+    verifier = MathVerifier()
+    try:
+        assert verifier.equal_many([("8 + 2 - 7", "3"), ("8 + 2 - 7 = 3", "3"), ("3", "3"), ("1 - 3", "-2"),
+                                    ("p - q", "p - q"), ("\\frac{3}{4}", "0.75")]) == [False, True, True, False,
+                                                                                     True, True]
+    finally:
+        verifier.close()
 
 
 def test_pathological_answer_is_bounded_from_a_thread():
