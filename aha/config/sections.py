@@ -35,9 +35,9 @@ class ModelSection(Config):
     """CPU threads for torch; 0 keeps torch's default (one per core)."""
     matmul_precision: Literal["highest", "high", "medium"] = "highest"
     """Precision of float32 matrix products (torch.set_float32_matmul_precision): highest (float32), high (TF32
-    on NVIDIA GPUs that have it) or medium (bfloat16 products with float32 weights, inputs, outputs and
-    accumulation: on CPUs with AMX, Intel Xeon since Sapphire Rapids, about 2x faster products; on GPUs
-    bfloat16 too). Changes the numbers a run computes, as any mixed precision does."""
+    on NVIDIA GPUs that have it) or medium (bfloat16 products where the hardware has them, weights, outputs
+    and sums in float32; on a 2-core Xeon with AMX the products alone ran 2-4x faster, the default run's step
+    no faster: docs/benchmarks.md). Changes the numbers a run computes, as any mixed precision does."""
 
     def check(self) -> None:
         self.require(bool(self.model), "model",
