@@ -29,7 +29,7 @@ STARTUP_SECONDS = 60.0
 _PLAIN_NUMBER = re.compile(r"^[+-]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?$|^[+-]?\.\d+$")
 
 
-_ARITHMETIC = re.compile(r"\d\s*(?:\*\*|[-+*×·÷^]|\\times|\\cdot|\\div)\s*[-+({]?\s*\d")
+_ARITHMETIC = re.compile(r"[\d)}]\s*(?:\*\*|[-+*×·÷^]|\\times|\\cdot|\\div)[-+({\s]*(?:\d|\\d?frac|\\sqrt)")
 
 
 def unevaluated(answer: str) -> bool:

@@ -18,7 +18,9 @@ def test_plain_numbers_are_decided_without_math_verify():
 
 @pytest.mark.parametrize("answer, expected", [
     ("8 + 2 - 7", True), ("1-7-8", True), ("2 \\times 3", True), ("2 \\cdot 3", True), ("6 \\div 2", True),
-    ("2^{10}", True), ("2**3", True), ("3·4", True), ("2(3+4)", True),
+    ("2^{10}", True), ("2**3", True), ("3·4", True), ("2(3+4)", True), ("10^{-3}", True),
+    ("\\frac{1}{2} + \\frac{1}{2}", True), ("(1+2) - 3", True), ("-\\frac12", False), ("2\\sqrt{2}", False),
+    ("(-\\infty, 3]", False),
     ("-14", False), ("- 2", False), ("x = 3", False), ("8 + 2 - 7 = 3", False), ("\\frac{1}{2}", False),
     ("3/4", False), ("1,000", False), ("1e-5", False), ("3.5", False), ("\\sqrt{4}", False), ("(-3)", False),
 ])
