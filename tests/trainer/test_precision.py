@@ -1,5 +1,6 @@
 """matmul_precision: float32 products in bfloat16 (or TF32) for the run, the weights and accumulations in float32."""
 
+import pytest
 import torch
 
 from aha.config import GRPOConfig, load_config
@@ -32,3 +33,45 @@ def test_bfloat16_products_give_the_float32_gradients_to_bfloat16_accuracy(tmp_p
         assert torch.isfinite(mine[name]).all(), name
         error = float((mine[name] - expected).norm() / expected.norm())
         assert error < 0.05, (name, error)  # bfloat16 keeps 8 bits of mantissa: ~0.4% per product
+
+
+def _attention(query, key, value, mask):
+    return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, enable_gqa=True)
+
+
+def _attention_inputs():
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(2, heads, 40, 64, generator=generator, requires_grad=True)
+                         for heads in (9, 3, 3))
+    mask = torch.ones(40, 40, dtype=torch.bool).tril()[None, None].expand(2, 1, 40, 40)
+    return query, key, value, mask
+
+
+def _outputs_and_gradients(attend, inputs):
+    query, key, value, mask = inputs
+    out = attend(lambda q, k, v: _attention(q, k, v, mask), query, key, value)
+    weights = torch.linspace(-1, 1, out.numel()).view_as(out)
+    grads = torch.autograd.grad((out * weights).sum(), (query, key, value))
+    return out.detach(), grads
+
+
+def test_attention_keeps_float32_products_under_bfloat16_matmul_precision():
+    """medium makes oneDNN's products bfloat16; the attention's (CPU flash attention, blocks of a few dozen
+    queries, its operands converted for every block: ~3x slower) stay float32, forward and backward."""
+    from aha.models.attention import float32_attention
+
+    plain = lambda attend, q, k, v: attend(q, k, v)  # noqa: E731
+    inputs = _attention_inputs()
+    exact_out, exact_grads = _outputs_and_gradients(plain, inputs)  # highest: float32 throughout
+    torch.set_float32_matmul_precision("medium")
+    try:
+        reduced_out, _ = _outputs_and_gradients(plain, inputs)
+        kept_out, kept_grads = _outputs_and_gradients(float32_attention, inputs)
+        assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"  # restored after forward and backward
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    if torch.equal(reduced_out, exact_out):
+        pytest.skip("this CPU computes float32 products in float32 at medium (no bfloat16 products)")
+    torch.testing.assert_close(kept_out, exact_out, rtol=1e-5, atol=1e-6)
+    for kept, exact in zip(kept_grads, exact_grads):
+        torch.testing.assert_close(kept, exact, rtol=1e-5, atol=1e-6)
