@@ -36,8 +36,9 @@ class ModelSection(Config):
     matmul_precision: Literal["highest", "high", "medium"] = "highest"
     """Precision of float32 matrix products (torch.set_float32_matmul_precision): highest (float32), high (TF32
     on NVIDIA GPUs that have it) or medium (bfloat16 products where the hardware has them, weights, outputs
-    and sums in float32; on a 2-core Xeon with AMX the products alone ran 2-4.5x faster, the default run's step
-    no faster: docs/benchmarks.md). Changes the numbers a run computes, as any mixed precision does."""
+    and sums in float32, for the linear layers; attention keeps float32 products). On a 2-core Xeon with AMX
+    the default run's step took 0.74x as long (13.9 against 18.8 s; docs/benchmarks.md). Changes the numbers a
+    run computes, as any mixed precision does."""
 
     def check(self) -> None:
         self.require(bool(self.model), "model",
