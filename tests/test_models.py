@@ -139,17 +139,19 @@ def test_grouped_query_attention_gives_sdpa_numbers_without_repeating_keys(monke
 
 @pytest.mark.parametrize("lora,checkpointing,products", [
     (False, False, "onednn"), (True, False, "onednn"), (False, True, "onednn"),
-    (False, False, "onednn, gradients summed by addmm_"), (False, False, "torch")])
+    (False, False, "onednn, gradients summed by addmm_"), (False, False, "torch, as on Intel"),
+    (False, False, "torch")])
 def test_weight_gradients_added_in_place_train_the_same_weights(lora, checkpointing, products, monkeypatch):
     """Linear layers whose backward adds the weight gradient into ``.grad`` (aha.models.AccumulatingLinear):
     over two optimiser steps of two micro-batches each (so both the first gradient and the in-place sum are
     used), with the tied output layer and the embedding's row gradients, the weights equal the plain layers'.
-    The products run on oneDNN where torch has it (the weight gradient added after its product on AVX-512, by
-    MKL's ``addmm_`` on AVX2), else torch's own."""
+    The products run on oneDNN where torch has it, except on Intel processors (the weight gradient added after
+    its product on AVX-512, by MKL's ``addmm_`` on AVX2), else torch's own; each route forced here."""
     import aha.models
     from aha.models import AccumulatingLinear, accumulate_weight_gradients, sparse_embedding_gradients, tiny_model
     from aha.trainer.core import Policy
 
+    monkeypatch.setattr(aha.models, "_MKL_NATIVE", products == "torch, as on Intel")
     if products == "torch":
         monkeypatch.setattr(aha.models, "ONEDNN_LINEAR", None)
     elif "addmm_" in products:

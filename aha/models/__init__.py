@@ -287,20 +287,39 @@ def fold_row_gradients(model: torch.nn.Module) -> None:
 ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 """oneDNN's dense-input fp32 linear (``rows, weight, bias, "none", [], ""``), where this torch has it."""
 _AVX512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def _intel_cpu() -> bool:
+    """Whether this is an Intel processor (Linux's /proc/cpuinfo says so)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("vendor_id"):
+                    return "GenuineIntel" in line
+    except OSError:
+        pass
+    return False
+
+
+_MKL_NATIVE = _intel_cpu()
+"""MKL (torch's CPU products) runs its widest kernels on Intel processors only; on AMD it takes its AVX2 ones.
+So the linear layers' training products go to oneDNN elsewhere and stay with MKL on Intel, where MKL was the
+faster of the two for the default recipe's shapes (on a 2-core Xeon: weight gradients with their sum 212-251
+against 122-212 GFLOP/s, forward and input-gradient products 5-15% faster; docs/benchmarks.md)."""
 WIDE_OUTPUT = 8192
 """Output width (a vocabulary) from which a weight gradient is summed by MKL's ``addmm_`` even on AVX-512."""
 
 
 def _onednn(*tensors: torch.Tensor) -> bool:
-    return ONEDNN_LINEAR is not None and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.numel()
-                                              for t in tensors)
+    return ONEDNN_LINEAR is not None and not _MKL_NATIVE and all(
+        t.device.type == "cpu" and t.dtype == torch.float32 and t.numel() for t in tensors)
 
 
 def _times_transposed(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``rows [m, k] @ weight [n, k]^T (+ bias)``: oneDNN's fp32 product on CPU (``mkldnn._linear_pointwise``,
-    any strides), else torch's. torch's CPU products call MKL, which takes its AVX2 kernels on AMD processors:
-    on an AVX-512 EPYC oneDNN runs the model's shapes at about twice the rate (benchmarks/step_split.py
-    measures both), and on AVX2 at about the same."""
+    """``rows [m, k] @ weight [n, k]^T (+ bias)``: oneDNN's fp32 product on a CPU other than Intel's
+    (``mkldnn._linear_pointwise``, any strides), else torch's. torch's CPU products call MKL, which takes its
+    AVX2 kernels on AMD processors: on an AVX-512 EPYC oneDNN runs the model's shapes at about twice the rate
+    (benchmarks/step_split.py measures both), and on AVX2 at about the same; on Intel's, MKL (``_MKL_NATIVE``)."""
     if _onednn(rows, weight):
         return ONEDNN_LINEAR(rows, weight, bias, "none", [], "")
     return torch.nn.functional.linear(rows, weight, bias)
