@@ -304,7 +304,7 @@ def _intel_cpu() -> bool:
 _MKL_NATIVE = _intel_cpu()
 """MKL (torch's CPU products) runs its widest kernels on Intel processors only; on AMD it takes its AVX2 ones.
 So the linear layers' training products go to oneDNN elsewhere and stay with MKL on Intel, where MKL was the
-faster of the two for the default recipe's shapes (on a 2-core Xeon: weight gradients with their sum 212-251
+faster of the two for the default recipe's shapes (on a 2-core Xeon: weight gradients with their sum 206-263
 against 122-212 GFLOP/s, forward and input-gradient products 5-15% faster; docs/benchmarks.md)."""
 WIDE_OUTPUT = 8192
 """Output width (a vocabulary) from which a weight gradient is summed by MKL's ``addmm_`` even on AVX-512."""

@@ -53,8 +53,8 @@ def float32_products():
     """oneDNN's float32 products in float32 within the block, whatever ``torch.set_float32_matmul_precision``
     says. CPU flash attention computes in blocks of a few dozen queries and keys; with bfloat16 products
     (``medium``) every block's operands are converted, and the forward and backward of the default recipe's
-    attention took 3.2x as long (28.1 against 8.9 ms for 4 rows of 190 tokens on a 2-core Xeon with AMX), which
-    ate the gain of the linear layers' bfloat16 products."""
+    attention took ~3x as long (24.9 against 8.0 ms for 4 rows of 190 tokens on a 2-core Xeon with AMX,
+    benchmarks/precision.py), which ate the gain of the linear layers' bfloat16 products."""
     if not _reduced_products():
         yield
         return
@@ -81,7 +81,7 @@ def float32_attention(attend: Callable[..., torch.Tensor], query: torch.Tensor, 
 
 class _Float32Attention(torch.autograd.Function):
     """The attention's own graph, built and run back under :func:`float32_products` (autograd runs a node's
-    backward after the forward's context has closed)."""
+    backward after the forward's context has closed). One backward per forward, as the training loops run."""
 
     @staticmethod
     def forward(ctx, attend: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
