@@ -16,25 +16,15 @@ compute in float32 and read the same.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from step_split import best_seconds  # benchmarks/, the folder of this script
 
 from aha.algorithms.logprobs import token_logprobs
 from aha.models import accumulate_weight_gradients, load_model
 from aha.models.attention import float32_attention
 
 PRECISIONS = ("highest", "medium")
-
-
-def best_ms(run, repeats: int) -> float:
-    run()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return 1e3 * best
 
 
 def main() -> None:
@@ -82,7 +72,7 @@ def main() -> None:
                 torch.set_float32_matmul_precision(precision)
                 for part, run in parts.items():
                     tries = 2 if run is forward_backward else 20  # the small parts: best of many
-                    times[part, precision] = min(times[part, precision], best_ms(run, tries))
+                    times[part, precision] = min(times[part, precision], 1e3 * best_seconds(run, tries))
     finally:
         torch.set_float32_matmul_precision("highest")
     parameters = sum(p.numel() for p in model.parameters())

@@ -40,6 +40,17 @@ def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
     return max(matmul_rates(size, repeats).values())
 
 
+def best_seconds(run, repeats: int) -> float:
+    """The shortest of ``repeats`` timed calls of ``run``, after one untimed call."""
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def matmul_rates(size: int = 2048, repeats: int = 10, precision: str = "highest") -> dict[str, float]:
     """fp32 FLOP/s of a square product through each library torch has: ``mkl`` (torch.mm) and ``onednn``, at a
     ``torch.set_float32_matmul_precision`` (medium: bfloat16 products, where the CPU has them)."""
@@ -49,15 +60,7 @@ def matmul_rates(size: int = 2048, repeats: int = 10, precision: str = "highest"
     onednn = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
     if onednn is not None:
         products["onednn"] = lambda: onednn(a, b, None, "none", [], "")
-    rates = {}
-    for name, product in products.items():
-        product()
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            product()
-            best = min(best, time.perf_counter() - t0)
-        rates[name] = 2 * size**3 / best
+    rates = {name: 2 * size**3 / best_seconds(product, repeats) for name, product in products.items()}
     torch.set_float32_matmul_precision("highest")
     return rates
 
