@@ -31,9 +31,6 @@ def _sdpa_gqa_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
              or not isinstance(attention_mask, torch.Tensor) or kwargs.get("position_bias") is not None
              or kwargs.get("softcap") is not None or kwargs.get("output_attentions"))
     if plain:
-        if kwargs.get("output_attentions") or query.device.type != "cpu":
-            return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                          scaling=scaling, is_causal=is_causal, **kwargs)
         return float32_attention(lambda q, k, v: sdpa_attention_forward(
             module, q, k, v, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs)[0],
             query, key, value), None
@@ -70,8 +67,8 @@ def float32_products():
 def float32_attention(attend: Callable[..., torch.Tensor], query: torch.Tensor, key: torch.Tensor,
                       value: torch.Tensor) -> torch.Tensor:
     """``attend(query, key, value)`` with its float32 products in float32 (:func:`float32_products`), in the
-    forward and, when it is part of a graph, in its backward too."""
-    if not _reduced_products():
+    forward and, when it is part of a graph, in its backward too. Other devices than the CPU compute as set."""
+    if query.device.type != "cpu" or not _reduced_products():
         return attend(query, key, value)
     if not torch.is_grad_enabled() or not any(t.requires_grad for t in (query, key, value)):
         with float32_products():
