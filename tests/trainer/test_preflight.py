@@ -78,9 +78,9 @@ def test_an_existing_run_is_refused_before_a_model_loads(tmp_path, capsys, no_mo
 
 
 def test_a_hub_id_that_cannot_be_loaded_is_one_line(tmp_path, capsys, monkeypatch):
-    import huggingface_hub.constants
+    import aha.models
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import; the hub is not asked
+    monkeypatch.setattr(aha.models, "hub_reachable", lambda: False)  # the hub is not asked
     code, err = run(capsys, "model=no-such-org/no-such-model", f"output_dir={tmp_path / 'run'}", "eval_size=0")
-    assert code == 2 and err.startswith("aha: error: cannot load the tokenizer of 'no-such-org/no-such-model'")
+    assert code == 2 and err.startswith("aha: error: cannot load 'no-such-org/no-such-model': the Hugging Face hub")
     assert "\n" not in err

@@ -1,0 +1,44 @@
+"""Whether the hub can be reached, and the hub's libraries held offline."""
+
+import http.server
+import socket
+import threading
+
+import datasets.config
+from huggingface_hub import constants
+
+from aha.utils.hub import hub_reachable, offline_hub
+
+
+def test_the_hub_is_reachable_when_it_answers_any_status():
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert hub_reachable(f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+    refused = socket.socket()
+    refused.bind(("127.0.0.1", 0))  # a port nobody listens on
+    assert not hub_reachable(f"http://127.0.0.1:{refused.getsockname()[1]}")
+    refused.close()
+
+
+def test_offline_hub_holds_both_libraries_offline_and_restores_them():
+    before = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    with offline_hub():
+        assert constants.HF_HUB_OFFLINE is True and datasets.config.HF_HUB_OFFLINE is True
+    assert (constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE) == before
+    try:
+        with offline_hub():
+            raise KeyError("a failure inside")
+    except KeyError:
+        pass
+    assert (constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE) == before
