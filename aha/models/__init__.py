@@ -331,6 +331,14 @@ WIDE_OUTPUT = 8192
 """Output width (a vocabulary) from which a weight gradient is summed by MKL's ``addmm_`` even on AVX-512."""
 
 
+def packs_for_decoding() -> bool:
+    """Whether decoding computes with oneDNN-packed weights (``aha.rollout.hf.packed_linears``): where torch has
+    oneDNN, except on Intel processors, where MKL's plain products decoded faster at every shape measured (a
+    2-core Xeon: the default recipe's sampled shape 199 against 174 tokens/s, batch 1 13 against 8;
+    docs/benchmarks.md)."""
+    return torch.backends.mkldnn.is_available() and not _MKL_NATIVE
+
+
 def _onednn(*tensors: torch.Tensor) -> bool:
     return ONEDNN_LINEAR is not None and not _MKL_NATIVE and all(
         t.device.type == "cpu" and t.dtype == torch.float32 and t.numel() for t in tensors)

@@ -6,7 +6,8 @@ prompt's KV cache (:class:`aha.models.attention.SharedPrefix`); elsewhere the ca
 The loop runs one forward per token over the rows still going: a row that ends (end token or stop string)
 stops costing compute once a quarter of the batch has ended and the ended rows are dropped from the batch
 and its cache (``transformers.generate``, the alternative, computes every row until the longest ends). On the CPU the
-linear layers compute with oneDNN-packed copies of their weights while the loop runs (:func:`packed_linears`).
+linear layers compute with oneDNN-packed copies of their weights while the loop runs, except on Intel processors
+(:func:`packed_linears`).
 
 With a seed per completion, each row samples from its own random stream (inverse-CDF sampling with one
 uniform number per row and token), so a completion depends on its seed and the model only — not on which
@@ -23,7 +24,8 @@ import torch
 from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase,
                           TopPLogitsWarper)
 
-from aha.models import (ONEDNN_LINEAR, AccumulatingLinear, cache_keyword, output_cache, prefix_cache as shared_cache,
+from aha.models import (ONEDNN_LINEAR, AccumulatingLinear, cache_keyword, output_cache, packs_for_decoding,
+                        prefix_cache as shared_cache,
                         reserve_cache)
 from aha.models.attention import SHARED_PREFIX_KEYWORD, SharedPrefix
 from aha.rollout.base import Generation, SamplingParams, end_token_ids, pad_token_id
@@ -103,11 +105,12 @@ def packed_linears(model: torch.nn.Module) -> Iterator[None]:
 
     Decoding multiplies a few rows by every weight matrix at each step; the plain path repacks each weight for
     every product, the packed copy is made once per generation call (about 0.1 s for 135M parameters; the
-    copy is freed after). On this project's 2-core CPU it decodes the default recipe's shape ~1.5x faster, with
-    the same tokens (benchmarks/decode.py). Inference only (no gradients); other devices, dtypes or a torch
-    without oneDNN run as they are."""
+    copy is freed after). On this project's 2-core AMD CPU it decodes the default recipe's shape ~1.5x faster,
+    with the same tokens (benchmarks/decode.py). Inference only (no gradients); other devices, dtypes, a torch
+    without oneDNN and Intel processors (MKL's plain products are faster there: ``packs_for_decoding``) run as
+    they are."""
     patched = []
-    if torch.backends.mkldnn.is_available():
+    if packs_for_decoding():
         for module in model.modules():
             if type(module) in (torch.nn.Linear, AccumulatingLinear) and module.weight.device.type == "cpu" \
                     and module.weight.dtype == torch.float32:

@@ -148,12 +148,14 @@ def test_prompts_sharing_a_system_prompt_sample_as_when_computed_whole():
 
 
 @pytest.mark.parametrize("trained", [False, True])
-def test_packed_linears_compute_what_the_plain_layers_do_and_are_undone_after(trained):
+def test_packed_linears_compute_what_the_plain_layers_do_and_are_undone_after(trained, monkeypatch):
+    import aha.models
     from aha.models import accumulate_weight_gradients
     from aha.rollout.hf import packed_linears
 
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch has no oneDNN")
+    monkeypatch.setattr(aha.models, "_MKL_NATIVE", False)  # as on AMD's processors, whatever this one is
     model, _ = load_model("tiny:llama", seed=4)
     if trained:  # a training policy's layers (aha.trainer.core.build_policy) pack too
         assert accumulate_weight_gradients(model)
@@ -173,6 +175,16 @@ def test_packed_linears_compute_what_the_plain_layers_do_and_are_undone_after(tr
         with packed_linears(model):
             doubled = model(input_ids=ids).logits
         torch.testing.assert_close(doubled, model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_on_intel_processors_decoding_keeps_the_plain_layers(monkeypatch):
+    import aha.models
+    from aha.rollout.hf import packed_linears
+
+    monkeypatch.setattr(aha.models, "_MKL_NATIVE", True)
+    model, _ = load_model("tiny:llama", seed=4)
+    with packed_linears(model):
+        assert not any("forward" in vars(m) for m in model.modules())  # MKL's products, as in training
 
 
 def test_a_reserved_cache_decodes_as_the_growing_one_through_growth_row_selection_and_crop():
