@@ -79,8 +79,8 @@ def test_a_cached_hub_id_loads_without_the_network(tmp_path):
     refused.bind(("127.0.0.1", 0))
     code = ("import logging; logging.basicConfig(level=logging.INFO); from aha.models import load_model; "
             "m, _ = load_model('aha-tests/cached'); print(sum(float(p.sum()) for p in m.parameters()))")
-    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "0",
-           "HF_ENDPOINT": f"http://127.0.0.1:{refused.getsockname()[1]}"}
+    env = {**{k: v for k, v in os.environ.items() if "proxy" not in k.lower()}, "HF_HUB_CACHE": str(tmp_path / "hub"),
+           "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{refused.getsockname()[1]}"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     refused.close()
     assert out.returncode == 0, out.stderr

@@ -25,8 +25,7 @@ from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedModel,
                           TopPLogitsWarper)
 
 from aha.models import (ONEDNN_LINEAR, AccumulatingLinear, cache_keyword, output_cache, packs_for_decoding,
-                        prefix_cache as shared_cache,
-                        reserve_cache)
+                        prefix_cache as shared_cache, reserve_cache)
 from aha.models.attention import SHARED_PREFIX_KEYWORD, SharedPrefix
 from aha.rollout.base import Generation, SamplingParams, end_token_ids, pad_token_id
 from aha.utils.memory import release_free_memory

@@ -21,7 +21,8 @@ def hub_reachable(endpoint: str | None = None) -> bool:
     if constants.HF_HUB_OFFLINE:
         return False
     try:
-        urllib.request.urlopen(urllib.request.Request(endpoint or constants.ENDPOINT, method="HEAD"), timeout=5)
+        with urllib.request.urlopen(urllib.request.Request(endpoint or constants.ENDPOINT, method="HEAD"), timeout=5):
+            pass
     except urllib.error.HTTPError:
         return True  # it answered
     except (OSError, ValueError):  # no route, no name, refused, timed out

@@ -10,7 +10,10 @@ from huggingface_hub import constants
 from aha.utils.hub import hub_reachable, offline_hub
 
 
-def test_the_hub_is_reachable_when_it_answers_any_status():
+def test_the_hub_is_reachable_when_it_answers_any_status(monkeypatch):
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)  # straight to the local ports below
+
     class NotFound(http.server.BaseHTTPRequestHandler):
         def do_HEAD(self):
             self.send_response(404)
