@@ -20,8 +20,9 @@ class EvalConfig(RunSection, SamplesSection, PaperSampling, PromptSection, Limit
 
     # --- data --------------------------------------------------------------------------------------
     benchmarks: list[str] = dataclasses.field(default_factory=lambda: ["math500"])
-    """Comma-separated: math500, aime24, amc23, gsm8k, svamp, asdiv, mawps, minerva_math, humaneval, or a
-    dataset file, folder or hub name (read with field_map)."""
+    """Comma-separated: math500, aime24, amc23, gsm8k, svamp, asdiv, mawps, minerva_math, humaneval, a built-in
+    training task (chain_sum: the held-out problems `aha train` evaluates), or a dataset file, folder or hub name
+    (read with field_map)."""
     data_dir: Optional[str] = None
     """Folder holding the benchmark files; default $AHA_DATA_DIR, else ./data, else shared/data beside the checkout."""
 

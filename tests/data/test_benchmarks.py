@@ -112,3 +112,14 @@ def test_humaneval_comes_from_the_package():
     assert first["task_id"] == "HumanEval/0" and first["answer"] is None
     assert "def has_close_elements" in first["question"] and "```python" in first["question"]
     assert {"test", "entry_point", "prompt"} <= set(first)
+
+
+def test_a_built_in_task_is_a_benchmark_of_the_problems_its_training_run_holds_out():
+    from aha.config import GRPOConfig, load_config
+    from aha.data.tasks import make_task
+
+    config = load_config(GRPOConfig, None, [])  # the default run: chain_sum, 100 held-out problems, seed 0
+    heldout = make_task(config.task, dict(config.task_options), config.eval_size, config.seed).eval_examples()
+    data = load_benchmark(config.task)
+    assert [(p["question"], p["answer"]) for p in data.problems] == [(e["question"], e["answer"]) for e in heldout]
+    assert len(load_benchmark(config.task, limit=7).problems) == 7
