@@ -90,7 +90,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str
 
 def flag_overrides(cls: type, values: dict[str, Any]) -> list[str]:
     """Given flag values -> ``key=value`` overrides that :func:`aha.config.load_config` reads exactly:
-    text stays text, ``a=b c=d`` is a mapping, ``1,8`` a list."""
+    text stays text, ``a=b c=d`` and ``{a: 1}`` are mappings, ``1,8`` a list."""
     from aha.data.records import parse_field_map
 
     hints = typing.get_type_hints(cls)
@@ -99,6 +99,8 @@ def flag_overrides(cls: type, values: dict[str, Any]) -> list[str]:
         tp, origin = hints[name], typing.get_origin(hints[name])
         if isinstance(raw, bool) or tp in (int, float):
             value = raw
+        elif origin is dict and raw.lstrip().startswith("{"):
+            value = raw  # a YAML mapping, read as a key=value override reads one: {min_terms: 2, max_terms: 2}
         elif origin is dict:
             value = json.dumps(parse_field_map(raw))
         elif origin is list:

@@ -116,6 +116,11 @@ CASES = [
     ("eval greedy k", {}, ["eval", "m", "--k", "4", "--temperature", "0"], "temperature: 0 is greedy decoding"),
     ("eval k type", {}, ["eval", "m", "--k", "one"], "k: expected int, got 'one'"),
     ("eval pass_k list", {}, ["eval", "m", "--pass-k", "one"], "--pass-k: expected a comma-separated list of int"),
+    ("eval task options", {},
+     ["eval", "m", "--benchmarks", "chain_sum", "--task-options", "{min_terms: 4, max_terms: 2}"],
+     "task_options: task 'chain_sum' with options"),
+    ("eval task options without a task", {}, ["eval", "m", "--benchmarks", "gsm8k", "--task-options", "{min_terms: 2}"],
+     "task_options: apply to a built-in task benchmark (chain_sum); none among gsm8k"),
     ("eval benchmark file", {}, ["eval", "tiny:qwen2", "--benchmarks", "missing.jsonl"],
      "missing.jsonl: file not found"),
     # traces, rejection sampling, distillation, data tools

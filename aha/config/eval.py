@@ -7,13 +7,13 @@ import typing
 from dataclasses import dataclass
 from typing import Optional
 
-from aha.config.sections import (DataSection, LimitSection, ModelSection, PromptSection, RunSection, SamplesSection,
-                                 PaperSampling, ServerSection)
+from aha.config.sections import (DataSection, LimitSection, ModelSection, PaperSampling, PromptSection, RunSection,
+                                 SamplesSection, ServerSection, TaskOptionsSection)
 
 
 @dataclass
-class EvalConfig(RunSection, SamplesSection, PaperSampling, PromptSection, LimitSection, DataSection, ServerSection,
-                 ModelSection):
+class EvalConfig(RunSection, SamplesSection, PaperSampling, PromptSection, LimitSection, TaskOptionsSection,
+                 DataSection, ServerSection, ModelSection):
     """Evaluate a model on benchmarks the way the R1 paper does: k samples per problem, pass@1, pass@k, cons@k."""
 
     command: typing.ClassVar[str] = "eval"

@@ -255,15 +255,20 @@ class EvalSizeSection(Config):
 
 
 @dataclass
-class TaskSection(EvalSizeSection):
+class TaskOptionsSection(Config):
+    task_options: dict[str, typing.Any] = dataclasses.field(default_factory=dict)
+    """Options of the built-in task (empty: its own defaults); for chain_sum min_terms (2), max_terms (3),
+    min_digits (1), max_digits (1). `aha eval` takes them for a built-in task among its benchmarks, so that the
+    problems are those a run with these options holds out."""
+
+
+@dataclass
+class TaskSection(TaskOptionsSection, EvalSizeSection):
     """The prompts to learn from, and the held-out problems a run is judged by."""
 
     task: str = "chain_sum"
     """A built-in procedural task (chain_sum), or a dataset of question/answer records: a .jsonl, .json,
     .csv or .parquet file, a folder of them, or a hub dataset name."""
-    task_options: dict[str, typing.Any] = dataclasses.field(default_factory=dict)
-    """Options of the built-in task (empty: its own defaults); for chain_sum min_terms (2), max_terms (3),
-    min_digits (1), max_digits (1)."""
 
     def check(self) -> None:
         self.require(bool(self.task), "task", "give a built-in task name or a dataset")

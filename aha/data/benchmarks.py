@@ -138,16 +138,16 @@ def find_benchmark_file(file: str, data_dir: str | Path | None) -> Path:
     raise DataError(f"{file}: not found in {looked}; point --data-dir (or ${DATA_DIR_ENV}) at the folder holding it")
 
 
-def task_benchmark(name: str, limit: int = 0) -> Benchmark | None:
+def task_benchmark(name: str, limit: int = 0, options: dict[str, Any] | None = None) -> Benchmark | None:
     """A built-in training task's held-out problems as a benchmark (``chain_sum``: the same ``limit`` problems,
-    100 by default, that ``aha train`` evaluates with seed 0 and the task's default options)."""
+    100 by default, that ``aha train`` evaluates with seed 0 and these task options)."""
     from aha.data.tasks import TASKS, make_task
 
     if name not in TASKS:
         return None
 
     def rows():
-        task = make_task(name, {}, limit or 100, 0)
+        task = make_task(name, dict(options or {}), limit or 100, 0)
         return [RawRow(f"{name}: held-out problem {i + 1}", dict(r)) for i, r in enumerate(task.eval_examples())]
 
     return Benchmark(name, None, {"question": "question", "answer": "answer"}, gold_plain, rows=rows,
@@ -155,12 +155,14 @@ def task_benchmark(name: str, limit: int = 0) -> Benchmark | None:
 
 
 def load_benchmark(name: str, data_dir: str | Path | None = None, limit: int = 0, on_error: OnError = "raise",
-                   field_map: dict[str, str] | None = None) -> BenchmarkData:
-    """A built-in benchmark by name, or a dataset source (file, folder, hub name) read with ``field_map``.
+                   field_map: dict[str, str] | None = None,
+                   task_options: dict[str, Any] | None = None) -> BenchmarkData:
+    """A built-in benchmark by name, a built-in training task (its held-out problems, with ``task_options``), or a
+    dataset source (file, folder, hub name) read with ``field_map``.
 
     Every row is validated, gold answer included, before ``limit`` keeps the first N problems (0: all).
     """
-    benchmark = BENCHMARKS.get(name) or task_benchmark(name, limit)
+    benchmark = BENCHMARKS.get(name) or task_benchmark(name, limit, task_options)
     if benchmark is None:
         benchmark = Benchmark(name, None, {"question": "question", "answer": "answer", **(field_map or {})},
                               gold_plain, description="a dataset given by path or hub name")

@@ -27,6 +27,7 @@ from rich.console import Console
 
 from aha.config import ConfigError, EvalConfig, aliases, save_config
 from aha.data.benchmarks import BenchmarkData, load_benchmark
+from aha.data.tasks import TASKS, make_task
 from aha.eval.grading import Grader, GradeSpec, check_reward_exists, grade_spec
 from aha.eval.metrics import benchmark_metrics
 from aha.eval.report import EvalProgress, results_table, versions
@@ -44,8 +45,12 @@ SAMPLE_DEFINING = ("model", "api_base", "tokenizer", "api_chat", "temperature", 
 
 
 def sample_settings(config: EvalConfig) -> dict[str, Any]:
-    """The settings that define the samples (see SAMPLE_DEFINING), as stored beside them."""
-    return {name: getattr(config, name) for name in SAMPLE_DEFINING}
+    """The settings that define the samples (see SAMPLE_DEFINING), as stored beside them; the task options only
+    when given (an evaluation stored without them resumes as before)."""
+    settings = {name: getattr(config, name) for name in SAMPLE_DEFINING}
+    if config.task_options:
+        settings["task_options"] = config.task_options
+    return settings
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +88,21 @@ def benchmark_spec(data: BenchmarkData, config: EvalConfig) -> GradeSpec:
     return grade_spec(data.benchmark.reward, data.benchmark.reward_options, config.fallback_last_number)
 
 
+def check_task_options(config: EvalConfig) -> None:
+    """``task_options`` name a built-in task among the benchmarks and are options it takes (a ConfigError naming
+    the field, before anything is written or loaded)."""
+    if not config.task_options:
+        return
+    tasks = [name for name in config.benchmarks if name in TASKS]
+    config.require(bool(tasks), "task_options", f"apply to a built-in task benchmark ({', '.join(TASKS.names())}); "
+                                                f"none among {', '.join(config.benchmarks)}")
+    for name in tasks:
+        try:
+            make_task(name, dict(config.task_options), 1, 0)
+        except ValueError as err:
+            raise config.error("task_options", str(err)) from None
+
+
 def prepare_output(config: EvalConfig) -> Path:
     """Create the output folder; when it holds samples, check they were made with the same settings."""
     out = Path(config.output_dir or time.strftime("runs/eval-%Y%m%d-%H%M%S"))
@@ -92,7 +112,9 @@ def prepare_output(config: EvalConfig) -> Path:
     if settings_path.exists() and (out / "samples.jsonl").exists():
         stored = json.loads(settings_path.read_text(encoding="utf-8"))
         stored = {aliases(EvalConfig).get(k, k): v for k, v in stored.items()}  # written under former names
-        changed = [f"{k}: {stored.get(k)!r} there, {v!r} now" for k, v in settings.items() if stored.get(k) != v]
+        keys = [*settings, *(["task_options"] if "task_options" in stored and "task_options" not in settings else [])]
+        changed = [f"{k}: {stored.get(k)!r} there, {settings.get(k)!r} now" for k in keys
+                   if stored.get(k) != settings.get(k)]
         if changed:
             raise ConfigError(f"{out} holds samples made with other settings ({'; '.join(changed)}); use another "
                               "--output, or the same settings to resume")
@@ -106,10 +128,12 @@ class Evaluation:
 
     def __init__(self, config: EvalConfig, console: Console | None = None):
         config.validate()
+        check_task_options(config)
         self.config = config
         self.console = console or make_console(160)
         self.out = prepare_output(config)
-        self.datasets = [load_benchmark(name, config.data_dir, config.limit, config.on_error, config.field_map)
+        self.datasets = [load_benchmark(name, config.data_dir, config.limit, config.on_error, config.field_map,
+                                       config.task_options)
                          for name in config.benchmarks]
         self.specs = {d.name: benchmark_spec(d, config) for d in self.datasets}
         for data in self.datasets:

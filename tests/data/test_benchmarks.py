@@ -123,3 +123,8 @@ def test_a_built_in_task_is_a_benchmark_of_the_problems_its_training_run_holds_o
     data = load_benchmark(config.task)
     assert [(p["question"], p["answer"]) for p in data.problems] == [(e["question"], e["answer"]) for e in heldout]
     assert len(load_benchmark(config.task, limit=7).problems) == 7
+    two_terms = {"min_terms": 2, "max_terms": 2}  # the two-term recipe's held-out problems, with its options
+    data = load_benchmark(config.task, task_options=two_terms)
+    heldout = make_task(config.task, two_terms, config.eval_size, config.seed).eval_examples()
+    assert [p["question"] for p in data.problems] == [e["question"] for e in heldout]
+    assert all(p["question"].count(" + ") + p["question"].count(" - ") == 1 for p in data.problems)

@@ -134,6 +134,22 @@ def test_resuming_with_other_sampling_settings_is_refused(shared_data, tmp_path,
             "another --output, or the same settings to resume") in capsys.readouterr().err
 
 
+def test_resuming_with_other_task_options_is_refused(tmp_path, capsys):
+    out = tmp_path / "eval"
+    args = ["eval", "tiny:llama", "--benchmarks", "chain_sum", "--limit", "2", "--k", "1", "--temperature", "0",
+            "--max-completion-length", "2", "--grader-workers", "0", "--output-dir", str(out)]
+    assert main(args) == 0
+    assert main(args) == 0  # the same settings resume
+    two_terms = [*args, "--task-options", "{min_terms: 2, max_terms: 2}"]
+    assert main(two_terms) == 2
+    assert "holds samples made with other settings (task_options: None there, {'min_terms': 2, 'max_terms': 2} " \
+           "now)" in capsys.readouterr().err
+    out2 = tmp_path / "eval2"
+    assert main([*two_terms[:-3], str(out2), *two_terms[-2:]]) == 0
+    assert main([*args[:-1], str(out2)]) == 2  # and back: samples of the two-term problems are not the default's
+    assert "(task_options: {'min_terms': 2, 'max_terms': 2} there, None now)" in capsys.readouterr().err
+
+
 def test_greedy_needs_k_1():
     with pytest.raises(ConfigError, match="temperature: 0 is greedy decoding: its 4 samples would be identical"):
         EvalConfig(model="m", k=4, temperature=0).validate()
