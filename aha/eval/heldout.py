@@ -52,7 +52,8 @@ def evaluate_sampler(sampler, examples: list[dict[str, Any]], max_new_tokens: in
                      spec: GradeSpec = GradeSpec()) -> HeldoutResult:
     """The same, through an evaluation sampler (a local model or a served one, see :mod:`aha.eval.samplers`)."""
     prompts = sampler.prompts([ex["question"] for ex in examples])
-    generations = sampler.sample(prompts, 1, SamplingParams(max_new_tokens, temperature=0.0, stop=stop), 0)
+    greedy = SamplingParams(max_new_tokens, temperature=0.0, stop=stop)
+    generations = sampler.sample(prompts, 1, greedy, [0] * len(prompts))
     return grade_heldout(examples, generations, spec)
 
 

@@ -3,9 +3,8 @@ report pass@1, pass@k and cons@k.
 
 The loop, per benchmark:
     problems = load_benchmark(name)                      validated up front, file:line errors
-    for each batch of problems (fixed by position):      batch_size // k problems
-        skip it when samples.jsonl has all its samples   resume
-        generations = sampler.sample(prompts, k)          seeded from (seed, benchmark, batch)
+    for each batch of the problems still missing samples:   batch_size // k problems
+        generations = sampler.sample(prompts, k)          seeded from (seed, benchmark, problem, sample)
         grader.submit(completions)                        worker processes; generation goes on
         append graded samples to samples.jsonl            flushed as each batch is graded
     metrics from samples.jsonl, majority votes in the workers -> results.json, printed table
@@ -60,27 +59,28 @@ class Batch:
     """Problems generated together; ``missing`` are the (problem, sample) pairs not yet in samples.jsonl."""
 
     data: BenchmarkData
-    number: int
     problem_indices: list[int]
     missing: set[tuple[int, int]]
 
 
-def batch_seed(seed: int, benchmark: str, number: int) -> int:
-    """A batch's sampling seed: a fixed function of the run seed, the benchmark and the batch's place."""
-    return zlib.crc32(f"{seed}:{benchmark}:{number}".encode()) & 0x7FFFFFFF
+def problem_seed(seed: int, benchmark: str, problem: int) -> int:
+    """The sampling seed of a problem's first sample (sample j: this + j): a fixed function of the run seed,
+    the benchmark and the problem's place in it, so a sample does not depend on the batch it was drawn in."""
+    return zlib.crc32(f"{seed}:{benchmark}:{problem}".encode()) & 0x7FFFFFFF
 
 
 def plan_batches(datasets: list[BenchmarkData], store: SampleStore, k: int, batch_size: int) -> list[Batch]:
-    """The batches that still have samples to produce. Batch boundaries depend only on the problem order,
-    k and batch_size, so a resumed run regenerates a half-written batch exactly."""
+    """The problems that still miss samples, ``batch_size // k`` to a batch. Each sample is seeded by its
+    problem and number (:func:`problem_seed`), so a resumed run draws what an uninterrupted one would have,
+    whatever the batch size of either."""
     per_batch = max(1, batch_size // k)
     batches = []
     for data in datasets:
-        for number, start in enumerate(range(0, len(data.problems), per_batch)):
-            indices = list(range(start, min(start + per_batch, len(data.problems))))
+        todo = [p for p in range(len(data.problems)) if any((data.name, p, s) not in store for s in range(k))]
+        for start in range(0, len(todo), per_batch):
+            indices = todo[start : start + per_batch]
             missing = {(p, s) for p in indices for s in range(k) if (data.name, p, s) not in store}
-            if missing:
-                batches.append(Batch(data, number, indices, missing))
+            batches.append(Batch(data, indices, missing))
     return batches
 
 
@@ -186,7 +186,8 @@ class Evaluation:
         questions = [p["question"] for p in problems]
         prompts = self.sampler.prompts(questions)
         t0 = time.perf_counter()
-        generations = self.sampler.sample(prompts, c.k, params, batch_seed(c.seed, data.name, batch.number))
+        seeds = [problem_seed(c.seed, data.name, i) for i in batch.problem_indices]
+        generations = self.sampler.sample(prompts, c.k, params, seeds)
         self.generation_seconds += time.perf_counter() - t0
         records = []
         for offset, (index, problem) in enumerate(zip(batch.problem_indices, problems)):

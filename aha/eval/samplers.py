@@ -28,8 +28,10 @@ class Sampler(Protocol):
     def prompts(self, questions: list[str]) -> list[Prompt]:
         ...
 
-    def sample(self, prompts: list[Prompt], k: int, params: SamplingParams, seed: int) -> list[Generation]:
-        """k completions of each prompt, laid out prompt after prompt, reproducible from ``seed``."""
+    def sample(self, prompts: list[Prompt], k: int, params: SamplingParams, seeds: list[int]) -> list[Generation]:
+        """k completions of each prompt, laid out prompt after prompt; sample j of prompt i is drawn from the seed
+        ``seeds[i] + j`` (a local model: its own random stream, whatever else is in the batch; a server: the
+        request's seed)."""
         ...
 
 
@@ -60,12 +62,10 @@ class LocalSampler:
     def prompts(self, questions: list[str]) -> list[Prompt]:
         return [self.builder.build(q) for q in questions]
 
-    def sample(self, prompts: list[Prompt], k: int, params: SamplingParams, seed: int) -> list[Generation]:
-        import torch
-
-        torch.manual_seed(seed)
+    def sample(self, prompts: list[Prompt], k: int, params: SamplingParams, seeds: list[int]) -> list[Generation]:
         ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-        return self.backend.generate(ids, params, self.builder.prefill, num_samples=k)
+        per_sample = [seed + j for seed in seeds for j in range(k)]
+        return self.backend.generate(ids, params, self.builder.prefill, num_samples=k, seeds=per_sample)
 
 
 class ServerSampler:
@@ -99,8 +99,7 @@ class ServerSampler:
         system = [{"role": "system", "content": instruction}] if instruction else []
         return [system + [{"role": "user", "content": self.builder.question(q)}] for q in questions]
 
-    def sample(self, prompts: list[Prompt], k: int, params: SamplingParams, seed: int) -> list[Generation]:
-        seeds = [seed + i * k for i in range(len(prompts))]
+    def sample(self, prompts: list[Prompt], k: int, params: SamplingParams, seeds: list[int]) -> list[Generation]:
         if self.chat:
             return self.backend.generate_chat(prompts, params, k, seeds)  # type: ignore[arg-type]
         return self.backend.generate_text(prompts, params, self.builder.prefill, k, seeds)  # type: ignore[arg-type]

@@ -5,8 +5,9 @@ each written to the traces file as it arrives.
 The traces file is the unit of resumption. Each line carries ``prompt_index``, ``sample`` and a hash of the
 prompt's question; running the same command again reads the file, drops a line cut short by a kill, checks
 that every line belongs to this prompt set, and generates only the samples that are missing, so a file ends
-with exactly k samples per prompt, none twice. A local model's samples are seeded by their batch's place and
-a server's by the sample's own seed, so a re-run draws what an uninterrupted run would have.
+with exactly k samples per prompt, none twice. Sample j of prompt i is drawn from the seed ``seed + i * k + j``
+(a local model: the row's own random stream, whatever else is in its batch; a server: the request's seed), so a
+re-run draws what an uninterrupted run would have, at any batch size.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from aha.data.readers import DataError, read_rows
 from aha.data.records import collect_records
 from aha.data.tasks import TASKS, make_task
 from aha.eval.report import EvalProgress
-from aha.eval.runner import batch_seed
 from aha.rollout.base import SamplingParams
 from aha.utils.io import JsonlFile, atomic_write_json
 from aha.utils.signals import GracefulStop
@@ -155,20 +155,19 @@ def generate_traces(config: TracesSection, console: Console, output: str | Path 
 
 
 def _from_local_model(config, sampler, traces: TraceFile, missing, params, progress, stop) -> list[str]:
-    """Batches of prompts fixed by position; each batch seeded by its place, so a re-run samples the same."""
+    """Batches of the prompts that miss samples; each sample seeded by its prompt and number."""
     k, todo = config.k, set(missing)
     per_batch = max(1, config.generation_batch_size // k)
-    for number, start in enumerate(range(0, len(traces.prompts), per_batch)):
+    pending = sorted({i for i, _ in missing})
+    for start in range(0, len(pending), per_batch):
         if stop.requested:
             break
-        indices = range(start, min(start + per_batch, len(traces.prompts)))
-        need = [(i, j) for i in indices for j in range(k) if (i, j) in todo]
-        if not need:
-            continue
+        indices = pending[start : start + per_batch]
         prompts = sampler.prompts([traces.prompts[i]["question"] for i in indices])
-        generations = sampler.sample(prompts, k, params, batch_seed(config.seed, "generate", number))
-        for i, j in need:
-            traces.add(i, j, generations[(i - start) * k + j])
+        generations = sampler.sample(prompts, k, params, [config.seed + i * k for i in indices])
+        need = [(offset, i, j) for offset, i in enumerate(indices) for j in range(k) if (i, j) in todo]
+        for offset, i, j in need:
+            traces.add(i, j, generations[offset * k + j])
         progress.advance(len(need), "generate")
     return []
 

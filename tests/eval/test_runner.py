@@ -101,6 +101,21 @@ def test_an_interrupted_evaluation_resumes_to_the_same_samples(shared_data, tmp_
     assert resumed["benchmarks"] == whole["benchmarks"]
 
 
+def test_the_samples_do_not_depend_on_the_batch_size(shared_data, tmp_path):
+    """Each sample is seeded by its problem and number: batches of 1, 3 or 5 problems draw the same samples,
+    so a resumed evaluation may change --batch-size and a rerun elsewhere is comparable sample for sample."""
+    def completions(batch_size: int) -> dict:
+        out = tmp_path / f"batch{batch_size}"
+        runner.evaluate(EvalConfig(model="tiny:qwen2", benchmarks=["gsm8k"], limit=5, k=2, max_completion_length=12,
+                                   temperature=1.0, prompt_template="chat", generation_batch_size=batch_size,
+                                   data_dir=str(shared_data), output_dir=str(out), grader_workers=0))
+        return {(s["problem"], s["sample"]): s["completion"] for s in read_samples(out)}
+
+    by_two = completions(2)
+    assert len(set(by_two.values())) > 5  # sampled: the two samples of a problem differ
+    assert completions(6) == by_two and completions(10) == by_two
+
+
 def test_a_killed_process_is_completed_by_a_rerun(shared_data, tmp_path):
     out = tmp_path / "killed"
     # graded in the main process, so each batch is written as soon as it is generated and the kill lands midway

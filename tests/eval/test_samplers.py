@@ -6,7 +6,7 @@ import pytest
 
 from aha.config import EvalConfig
 from aha.data.benchmarks import load_benchmark
-from aha.eval.runner import evaluate
+from aha.eval.runner import evaluate, problem_seed
 from aha.run import RunDirError, resolve_model_source
 from tests.rollout.fake_server import FakeServer
 
@@ -51,6 +51,9 @@ def test_a_served_model_end_to_end(shared_data, tmp_path):
     assert m["format_rate"] == 1.0                             # <think> prefill + the reply
     assert m["mean_response_tokens"] == 4.0                    # the server's completion_tokens
     assert results["backend"] == "openai" and len(server.requests) == 9
+    # sample j of problem i carries the seed problem_seed(i) + j, whatever batch it was sent in
+    assert sorted(r["seed"] for r in server.requests) == sorted(problem_seed(0, "gsm8k", i) + j
+                                                                for i in range(3) for j in range(3))
     assert server.requests[0]["prompt"].endswith("\nAssistant: <think>")  # r1-zero layout, no local tokenizer
     samples = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
     assert sorted(s["extracted"] for s in samples if s["problem"] == 2) == ["70000", "70000", "\\boxed{70,000}"]

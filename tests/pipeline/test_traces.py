@@ -61,6 +61,18 @@ def test_a_local_model_writes_k_traces_per_prompt_and_a_rerun_adds_only_what_is_
     assert all(by_key[(r["prompt_index"], r["sample"])] == r["completion"] for r in again)  # the same samples
 
 
+def test_local_traces_do_not_depend_on_the_batch_size(tmp_path):
+    def completions(batch_size: int) -> dict:
+        c = config(tmp_path, "model=tiny:qwen2", "max_completion_length=8", f"generation_batch_size={batch_size}",
+                   "prompt_template=plain", "temperature=1.0", f"output={tmp_path / f'traces{batch_size}.jsonl'}")
+        generate_traces(c, make_console())
+        return {(r["prompt_index"], r["sample"]): r["completion"] for r in rows(tmp_path / f"traces{batch_size}.jsonl")}
+
+    by_three = completions(3)
+    assert len(by_three) == 18 and len(set(by_three.values())) > 6
+    assert completions(9) == by_three and completions(18) == by_three
+
+
 def test_traces_of_another_prompt_set_or_other_settings_are_refused(tmp_path):
     c = config(tmp_path, "model=tiny:qwen2", "max_completion_length=4", "prompt_template=plain")
     generate_traces(c, make_console())
