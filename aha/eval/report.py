@@ -84,7 +84,8 @@ def _percent(value: Any) -> str:
 
 
 def results_table(results: dict[str, Any]) -> Table:
-    """One row per benchmark: pass@1, pass@k, cons@k (percent), mean length, truncation, format."""
+    """One row per benchmark (a built-in task's with the options it was built with): pass@1, pass@k, cons@k
+    (percent), mean length, truncation, format."""
     benchmarks: dict[str, dict[str, Any]] = results["benchmarks"]
     extra = sorted({key for m in benchmarks.values() for key in m if key.startswith("pass@") and key[5:].isdigit()
                     and key != "pass@1"}, key=lambda key: int(key[5:]))
@@ -94,6 +95,9 @@ def results_table(results: dict[str, Any]) -> Table:
     for name, m in benchmarks.items():
         cons = next((v for key, v in m.items() if key.startswith("cons@")), None)
         tokens = m.get("mean_response_tokens")
+        options = m.get("task_options")
+        if options:
+            name = f"{name} ({', '.join(f'{key}={value}' for key, value in options.items())})"
         table.add_row(name, str(m["problems"]), str(m["k"]), _percent(m["pass@1"]),
                       *[_percent(m.get(key)) for key in extra], _percent(cons),
                       "-" if tokens is None else f"{tokens:.0f}", _percent(m["truncation_rate"]),

@@ -224,6 +224,8 @@ class Evaluation:
             votes = self._votes(grader, data, samples)
             per_benchmark[data.name] = {**benchmark_metrics(samples, votes, c.pass_k), "source": data.source,
                                         "skipped_rows": len(data.skipped)}
+            if c.task_options and data.name in TASKS:  # the problems a run with these options holds out
+                per_benchmark[data.name]["task_options"] = dict(c.task_options)
         sampling = "greedy" if c.temperature == 0 else f"T={c.temperature} top-p={c.top_p}"
         return {
             "model": c.model, "model_path": getattr(self.sampler, "model_path", None),

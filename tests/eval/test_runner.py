@@ -161,6 +161,9 @@ def test_resuming_with_other_task_options_is_refused(tmp_path, capsys):
            "now)" in capsys.readouterr().err
     out2 = tmp_path / "eval2"
     assert main([*two_terms[:-3], str(out2), *two_terms[-2:]]) == 0
+    assert "chain_sum (min_terms=2, max_terms=2)" in capsys.readouterr().err  # the table says which problems
+    results = json.loads((out2 / "results.json").read_text())
+    assert results["benchmarks"]["chain_sum"]["task_options"] == {"min_terms": 2, "max_terms": 2}
     assert main([*args[:-1], str(out2)]) == 2  # and back: samples of the two-term problems are not the default's
     assert "(task_options: {'min_terms': 2, 'max_terms': 2} there, None now)" in capsys.readouterr().err
 
