@@ -14,8 +14,10 @@ from typing import Iterator
 @functools.lru_cache(maxsize=None)
 def hub_reachable(endpoint: str | None = None) -> bool:
     """Whether the hub (``endpoint``, default ``$HF_ENDPOINT`` or huggingface.co) answers an HTTP request within
-    5 s, through the proxy the environment names; False under ``HF_HUB_OFFLINE``. Asked once per process and
-    endpoint."""
+    5 s, through the proxy the environment names; False under ``HF_HUB_OFFLINE``, and False for an answer that
+    serves no files: a proxy asking for credentials (407) or a server error (5xx: a proxy that cannot reach the
+    hub, or the hub down). Any other status counts as an answer (a mirror's root may be 404). Asked once per
+    process and endpoint."""
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
@@ -23,8 +25,8 @@ def hub_reachable(endpoint: str | None = None) -> bool:
     try:
         with urllib.request.urlopen(urllib.request.Request(endpoint or constants.ENDPOINT, method="HEAD"), timeout=5):
             pass
-    except urllib.error.HTTPError:
-        return True  # it answered
+    except urllib.error.HTTPError as err:
+        return err.code != 407 and err.code < 500
     except (OSError, ValueError):  # no route, no name, refused, timed out
         return False
     return True

@@ -10,24 +10,32 @@ from huggingface_hub import constants
 from aha.utils.hub import hub_reachable, offline_hub
 
 
-def test_the_hub_is_reachable_when_it_answers_any_status(monkeypatch):
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)  # straight to the local ports below
-
-    class NotFound(http.server.BaseHTTPRequestHandler):
+def answering(status: int) -> http.server.HTTPServer:
+    """A local server answering every HEAD request with ``status``."""
+    class Handler(http.server.BaseHTTPRequestHandler):
         def do_HEAD(self):
-            self.send_response(404)
+            self.send_response(status)
             self.end_headers()
 
         def log_message(self, *args):
             pass
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        assert hub_reachable(f"http://127.0.0.1:{server.server_port}")
-    finally:
-        server.shutdown()
+    return server
+
+
+def test_the_hub_is_reachable_when_it_answers_unless_the_answer_serves_no_files(monkeypatch):
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)  # straight to the local ports below
+    # a mirror whose root is not a page still serves files; a proxy asking for credentials, or one that cannot
+    # reach the hub (502), or the hub down (503), does not: the caches are used at once
+    for status, reachable in ((200, True), (404, True), (407, False), (502, False), (503, False)):
+        server = answering(status)
+        try:
+            assert hub_reachable(f"http://127.0.0.1:{server.server_port}") is reachable, status
+        finally:
+            server.shutdown()
     refused = socket.socket()
     refused.bind(("127.0.0.1", 0))  # a port nobody listens on
     assert not hub_reachable(f"http://127.0.0.1:{refused.getsockname()[1]}")
