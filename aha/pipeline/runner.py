@@ -310,6 +310,11 @@ def run_pipeline(pipeline: Pipeline, console: Console, *, from_stage: str | None
             remove_directory(stage.dir)
         elif action == "resume":
             console.log(f"stage {stage.name} ({stage.kind}): resuming")
+            killed = killed_attempt_seconds(record, stage.dir)
+            if killed:
+                record["seconds"] = round(float(record.get("seconds") or 0.0) + killed, 1)
+                console.log(f"stage {stage.name}: its last attempt was killed; {killed:.0f} s of it (to its last "
+                            "write) counted in its time")
         else:
             console.log(f"stage {stage.name} ({stage.kind}): starting")
         stage.dir.mkdir(parents=True, exist_ok=True)
@@ -346,8 +351,24 @@ def run_pipeline(pipeline: Pipeline, console: Console, *, from_stage: str | None
     return summary
 
 
+def killed_attempt_seconds(record: dict[str, Any], stage_dir: Path) -> float:
+    """The time of a stage's last attempt when it was killed (SIGKILL, power loss: still ``running``, with no
+    stop or error recorded, so its time never reached ``seconds``), from its start to the newest file it wrote;
+    0 for an attempt that ended any other way."""
+    if record.get("status") != "running" or record.get("stopped") or record.get("error") or not record.get("started"):
+        return 0.0
+    written = [p.stat().st_mtime for p in stage_dir.rglob("*") if p.is_file()] if stage_dir.is_dir() else []
+    if not written:
+        return 0.0
+    started = time.mktime(time.strptime(record["started"], _TIME_FORMAT))
+    return max(0.0, max(written) - started)
+
+
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+
 def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S")
+    return time.strftime(_TIME_FORMAT)
 
 
 def summarise(pipeline: Pipeline, manifest: Manifest, console: Console) -> dict[str, Any]:

@@ -47,6 +47,9 @@ def test_r1_tiny_killed_mid_stage_then_run_again_finishes_without_redoing_work(t
     process.wait()
     killed = manifest(out)
     assert statuses(out)["rl_all"] == "running"
+    killed_rl = next(s for s in killed["stages"] if s["name"] == "rl_all")
+    until_checkpoint = (first_checkpoint / "manifest.json").stat().st_mtime - time.mktime(
+        time.strptime(killed_rl["started"], "%Y-%m-%dT%H:%M:%S"))
     finished = {s["name"]: s for s in killed["stages"] if s["status"] == "done"}
     assert set(finished) >= {"cold_start", "rl_reasoning", "rejection", "sft_data", "sft_all"}
     kept = {p: p.stat().st_mtime_ns for p in first_checkpoint.rglob("*") if p.is_file()}
@@ -66,6 +69,9 @@ def test_r1_tiny_killed_mid_stage_then_run_again_finishes_without_redoing_work(t
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # the checkpoint it resumed from is as it was
     steps = [json.loads(line)["step"] for line in (out / "rl_all" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]  # each step logged once: none redone, none lost
+    assert "its last attempt was killed" in rerun.stderr  # and its time, to its last write, is in the stage's
+    rl_seconds = next(s for s in final["stages"] if s["name"] == "rl_all")["seconds"]
+    assert rl_seconds >= until_checkpoint - 1  # (started is to the second)
     summary = final["summary"]
     assert [s["name"] for s in summary["stages"]] == STAGES
     assert summary["total"]["trained_tokens"] > 0 and summary["total"]["flops"] > 0
