@@ -34,6 +34,8 @@ from aha.utils.io import atomic_write_json, file_sha256, remove_directory
 
 MANIFEST = "pipeline.json"
 STATUSES = ("pending", "running", "done", "failed")
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+"""How ``started`` and ``ended`` are written (local time)."""
 VOLATILE = ("resume", "threads")
 """Config fields that do not change what a stage makes (left out of its fingerprint)."""
 
@@ -362,9 +364,6 @@ def killed_attempt_seconds(record: dict[str, Any], stage_dir: Path) -> float:
         return 0.0
     started = time.mktime(time.strptime(record["started"], _TIME_FORMAT))
     return max(0.0, max(written) - started)
-
-
-_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
 
 def _now() -> str:
