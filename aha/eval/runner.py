@@ -65,7 +65,8 @@ class Batch:
 
 def problem_seed(seed: int, benchmark: str, problem: int) -> int:
     """The sampling seed of a problem's first sample (sample j: this + j): a fixed function of the run seed,
-    the benchmark and the problem's place in it, so a sample does not depend on the batch it was drawn in."""
+    the benchmark and the problem's place in it, so a sample's random draws do not depend on the batch it was
+    drawn in."""
     return zlib.crc32(f"{seed}:{benchmark}:{problem}".encode()) & 0x7FFFFFFF
 
 
