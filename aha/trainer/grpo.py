@@ -13,7 +13,6 @@ One training step:
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 import zlib
@@ -33,9 +32,10 @@ from aha.models import is_peft
 from aha.rewards import RewardTerm, follows_format, score
 from aha.rollout import Generation, GenerationBackend, HFBackend, SamplingParams
 from aha.run import RunLayout, World, current_world, open_run_dir
-from aha.run.sharding import full_weights, pad_to_equal, shard_model
+from aha.run.sharding import full_weights, pad_to_equal
 from aha.trainer.core import EvalResult, Policy, StepResult, Trainer, build_policy, seed_everything, set_determinism
 from aha.trainer.forward import PromptPass, completion_logits, prompt_tokens
+from aha.trainer.frozen import load_reference, load_teacher
 from aha.trainer.preflight import Inputs, check_inputs
 from aha.types import TrainBatch, build_train_batch
 from aha.utils.sequences import shared_prefix_length
@@ -79,7 +79,8 @@ class GRPOTrainer(Trainer):
         reference = None
         if config.beta > 0 and not is_peft(policy.model):  # LoRA: the reference is the base model
             reference = load_reference(config, policy, inputs.model_source)
-        teacher = load_teacher(config, policy.tokenizer) if config.teacher else None
+        teacher = load_teacher(config, policy.tokenizer, "on-policy distillation scores the student's tokens and "
+                                                          "needs a shared one") if config.teacher else None
         trainer = cls(config, layout, policy, backend, inputs.task, inputs.rewards, reference=reference,
                       teacher=teacher, console=console)
         if inputs.task.skipped:
@@ -239,12 +240,16 @@ class GRPOTrainer(Trainer):
         """On-policy distillation: each sampled token's advantage gains teacher_weight * (log p_teacher -
         log p_student), the per-token reverse KL whose expectation the student then minimises (Agarwal et al.
         2024, GKD; Thinking Machines 2025, "On-policy distillation"). Turns ``batch.advantages`` per-token."""
-        share = self._shares_prefix()
+        splits = list(torch.arange(batch.size).split(self.config.micro_batch_size))
+        micro = [batch.select(rows) for rows in splits]
+        prompts = self._prompt_pass(self.model, batch, micro)  # each model's prompts once, not per micro-batch
+        students = [self._logprobs(self.model, mb, prompts) for mb in micro]
+        prompts = self._prompt_pass(self.teacher, batch, micro)
         gap = torch.zeros_like(batch.completion_mask)  # [N, C]
-        for rows in torch.arange(batch.size).split(self.config.micro_batch_size):
-            mb = batch.select(rows)
-            student = self._logprobs(self.model, mb)
-            teacher = token_logprobs(completion_logits(self.teacher, mb, share_prefix=share), mb.completion_ids)
+        for rows, mb, student in zip(splits, micro, students):
+            logits = prompts.completion_logits(mb) if prompts is not None else \
+                completion_logits(self.teacher, mb, share_prefix=self._shares_prefix())
+            teacher = token_logprobs(logits, mb.completion_ids)  # [m, C]
             gap[rows, : mb.completion_width] = (teacher - student) * mb.completion_mask
         mask = batch.completion_mask
         outcome = batch.advantages if batch.advantages.dim() == 2 else batch.advantages[:, None] * mask
@@ -557,32 +562,6 @@ def masked(mb: TrainBatch) -> TrainBatch:
     """``mb`` with no token to learn from: a filler micro-batch whose loss and gradients are zero."""
     mb.completion_mask = torch.zeros_like(mb.completion_mask)
     return mb
-
-
-def load_reference(config: GRPOConfig, policy: Policy, model_source: str | None) -> torch.nn.Module:
-    """The frozen reference of the KL term: a copy of the starting policy (sharded like it, when it is)."""
-    if not policy.sharded:
-        return copy.deepcopy(policy.model).eval().requires_grad_(False)
-    from aha.models import load_model
-
-    model, _ = load_model(model_source or config.model, dtype=config.dtype, device=config.device, seed=config.seed,
-                          tokenizer=policy.tokenizer)
-    return shard_model(model.eval().requires_grad_(False), policy.world)
-
-
-def load_teacher(config: GRPOConfig, tokenizer) -> torch.nn.Module:
-    """The frozen teacher of on-policy distillation; its tokenizer must be the student's."""
-    from aha.models import load_model, load_tokenizer
-    from aha.trainer.preflight import check_model
-
-    source = check_model(config, "teacher")
-    teacher_tokenizer = load_tokenizer(source)
-    if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise config.error("teacher", f"{config.teacher!r} has another tokenizer than the student; on-policy "
-                                      "distillation scores the student's tokens and needs a shared one")
-    model, _ = load_model(source, dtype=config.dtype, device=config.device, seed=config.seed,
-                          tokenizer=teacher_tokenizer)
-    return model.eval().requires_grad_(False)
 
 
 def completion_seed(seed: int, step: int, example: int, sample: int) -> int:

@@ -30,6 +30,7 @@ from aha.rollout.base import pad_token_id
 from aha.run import RunLayout, open_run_dir
 from aha.run.sharding import is_sharded, pad_to_equal
 from aha.trainer.core import EvalResult, Policy, StepResult, Trainer, build_policy, seed_everything, set_determinism
+from aha.trainer.frozen import load_teacher
 from aha.trainer.preflight import check_model
 from aha.utils.sequences import MIN_SHARED_PREFIX, left_pad, shared_prefix_length
 
@@ -220,7 +221,9 @@ class SFTTrainer(Trainer):
         if config.max_steps == 0:
             config.max_steps = cls.total_steps(config, len(train))  # recorded in config.yaml as used
         policy = build_policy(config, config.max_steps, model_source)
-        teacher = load_teacher(config, tokenizer) if config.teacher else None
+        teacher = load_teacher(config, tokenizer, "logit distillation compares next-token distributions and "
+                                                  "needs a shared one (use response distillation)") \
+            if config.teacher else None
         trainer = cls(config, layout, policy, train, heldout, data_report=report, teacher=teacher, console=console)
         trainer.console.log(f"{len(train)} training and {len(heldout)} held-out examples; "
                             f"{report['truncated']} cut at max_length={config.max_length}, {report['skipped']} "
@@ -345,21 +348,6 @@ class SFTTrainer(Trainer):
         if before and after:
             self.console.log(f"held-out loss {before['loss']:.4f} -> {after['loss']:.4f}")
         return summary
-
-
-def load_teacher(config: SFTConfig, tokenizer) -> torch.nn.Module:
-    """The frozen teacher of logit distillation; its tokenizer must be the student's."""
-    from aha.models import load_model, load_tokenizer
-
-    source = check_model(config, "teacher")
-    teacher_tokenizer = load_tokenizer(source)
-    if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise config.error("teacher", f"{config.teacher!r} has another tokenizer than the student; logit "
-                                      "distillation compares next-token distributions and needs a shared one (use "
-                                      "response distillation)")
-    model, _ = load_model(source, dtype=config.dtype, device=config.device, seed=config.seed,
-                          tokenizer=teacher_tokenizer)
-    return model.eval().requires_grad_(False)
 
 
 def check_rows(source: str, field_map: dict[str, str], on_error: str) -> None:

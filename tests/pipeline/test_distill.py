@@ -75,6 +75,36 @@ def test_on_policy_distillation_moves_the_student_towards_the_teacher(tmp_path, 
     assert all("teacher_reverse_kl" in m and m["reward"] == 0.0 for m in metrics)
 
 
+def test_on_policy_distillation_runs_each_prompt_once_for_the_same_reverse_kl(tmp_path, teacher_dir):
+    """The teacher and the student score a batch's prompts once for all its micro-batches (as the policy's
+    training pass does), not once per micro-batch: fewer tokens through the teacher, the same numbers."""
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps({"question": f"What is {i} + {i}? Answer:", "answer": str(2 * i)}) + "\n"
+                                 for i in range(24)))
+    results = {}
+    for share in ("true", "false"):
+        config = load_config(GRPOConfig, overrides=[
+            "model=tiny:llama", f"teacher={teacher_dir}", "rewards={}", f"task={questions}", "eval_size=0",
+            "prompt_template=plain", "prefill=", "max_steps=2", "prompts_per_step=4", "group_size=4",
+            "micro_batch_size=1", "max_completion_length=8", "temperature=1.0", "save_steps=0",
+            "max_train_minutes=0", f"share_prompt_prefix={share}", f"output_dir={tmp_path / share}"])
+        trainer = GRPOTrainer.from_config(config)
+        tokens = []
+        forward = trainer.teacher.forward
+
+        def counting(*args, **kwargs):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            tokens.append(ids.numel())
+            return forward(*args, **kwargs)
+
+        trainer.teacher.forward = counting
+        trainer.fit()
+        results[share] = ([m["teacher_reverse_kl"] for m in read(trainer.layout.metrics)], sum(tokens))
+    (shared_kl, shared_tokens), (plain_kl, plain_tokens) = results["true"], results["false"]
+    assert shared_kl == pytest.approx(plain_kl, rel=1e-4, abs=1e-6)
+    assert shared_tokens < 0.8 * plain_tokens, (shared_tokens, plain_tokens)
+
+
 def test_logit_distillation_adds_the_kl_to_the_teacher(tmp_path, teacher_dir):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"{i} + {i} =", "completion": f"<answer>{2 * i}</answer>"}) + "\n"
