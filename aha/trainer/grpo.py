@@ -240,7 +240,10 @@ class GRPOTrainer(Trainer):
         """On-policy distillation: each sampled token's advantage gains teacher_weight * (log p_teacher -
         log p_student), the per-token reverse KL whose expectation the student then minimises (Agarwal et al.
         2024, GKD; Thinking Machines 2025, "On-policy distillation"). Turns ``batch.advantages`` per-token."""
-        splits = list(torch.arange(batch.size).split(self.config.micro_batch_size))
+        order = torch.arange(batch.size)
+        if self._shares_prefix():  # prompts run once per model: micro-batches of similar lengths pad little
+            order = batch.completion_mask.sum(dim=1).argsort(descending=True, stable=True)
+        splits = list(order.split(self.config.micro_batch_size))
         micro = [batch.select(rows) for rows in splits]
         prompts = self._prompt_pass(self.model, batch, micro)  # each model's prompts once, not per micro-batch
         students = [self._logprobs(self.model, mb, prompts) for mb in micro]

@@ -12,6 +12,7 @@ from aha.config import GRPOConfig, SFTConfig, load_config
 from aha.models import char_tokenizer, load_model
 from aha.trainer.grpo import GRPOTrainer
 from aha.trainer.sft import SFTTrainer, distillation_kl
+from aha.types import build_train_batch
 
 
 def read(path):
@@ -103,6 +104,34 @@ def test_on_policy_distillation_runs_each_prompt_once_for_the_same_reverse_kl(tm
     (shared_kl, shared_tokens), (plain_kl, plain_tokens) = results["true"], results["false"]
     assert shared_kl == pytest.approx(plain_kl, rel=1e-4, abs=1e-6)
     assert shared_tokens < 0.8 * plain_tokens, (shared_tokens, plain_tokens)
+
+
+def test_on_policy_distillation_gives_each_row_its_own_gap_whatever_order_the_rows_are_scored_in(tmp_path,
+                                                                                                  teacher_dir):
+    """With the prompts run once, rows are scored longest first; each row's advantage must still be its own
+    teacher-student gap, as in the plain pass that scores them in order."""
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps({"question": f"{i} + {i} =", "answer": str(2 * i)}) + "\n"
+                                 for i in range(4)))
+    config = load_config(GRPOConfig, overrides=[
+        "model=tiny:llama", f"teacher={teacher_dir}", "rewards={}", f"task={questions}", "eval_size=0",
+        "prompt_template=plain", "prefill=", "prompts_per_step=2", "group_size=3", "micro_batch_size=2",
+        "max_completion_length=16", "save_steps=0", f"output_dir={tmp_path / 'run'}"])
+    trainer = GRPOTrainer.from_config(config)
+    encode = lambda text: trainer.policy.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompts = [encode("1 + 1 =")] * 3 + [encode("12 + 12 =")] * 3
+    completions = [encode(text) for text in (" <think>1+1</think> <answer>2</answer>", " 2", " <think>",
+                                             " <answer>24</answer>", " <think>12+12=24</think>", " 4")]
+
+    def advantages(share: bool) -> torch.Tensor:
+        object.__setattr__(trainer.config, "share_prompt_prefix", share)
+        batch = build_train_batch(prompts, completions, torch.zeros(6), trainer.backend.pad_id, 3)
+        trainer._add_teacher_advantages(batch)
+        return batch.advantages  # [6, C]: teacher_weight * (log p_teacher - log p_student) per token
+
+    once = advantages(True)
+    assert once.abs().sum() > 0
+    torch.testing.assert_close(once, advantages(False), rtol=1e-4, atol=1e-5)
 
 
 def test_logit_distillation_adds_the_kl_to_the_teacher(tmp_path, teacher_dir):
