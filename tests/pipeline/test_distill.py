@@ -58,15 +58,21 @@ def first_token_kl(student, teacher, tokenizer, prompt="3 + 3 =") -> float:
     return float((s.exp() * (s - t)).sum())
 
 
-def test_on_policy_distillation_moves_the_student_towards_the_teacher(tmp_path, teacher_dir):
+def on_policy_config(tmp_path, teacher_dir, *overrides: str, question: str = "{i} + {i} =", count: int = 24,
+                     run: str = "run") -> GRPOConfig:
+    """GRPO on ``count`` sums with the tiny teacher and no reward: on-policy distillation alone."""
     questions = tmp_path / "q.jsonl"
-    questions.write_text("".join(json.dumps({"question": f"{i} + {i} =", "answer": str(2 * i)}) + "\n"
-                                 for i in range(24)))
-    config = load_config(GRPOConfig, overrides=[
+    questions.write_text("".join(json.dumps({"question": question.format(i=i), "answer": str(2 * i)}) + "\n"
+                                 for i in range(count)))
+    return load_config(GRPOConfig, overrides=[
         "model=tiny:llama", f"teacher={teacher_dir}", "rewards={}", f"task={questions}", "eval_size=0",
-        "prompt_template=plain", "prefill=", "max_steps=25", "prompts_per_step=4", "group_size=4",
-        "max_completion_length=16", "temperature=1.0", "learning_rate=2e-3", "save_steps=0", "max_train_minutes=0",
-        f"output_dir={tmp_path / 'run'}"])
+        "prompt_template=plain", "prefill=", "save_steps=0", "max_train_minutes=0", f"output_dir={tmp_path / run}",
+        *overrides])
+
+
+def test_on_policy_distillation_moves_the_student_towards_the_teacher(tmp_path, teacher_dir):
+    config = on_policy_config(tmp_path, teacher_dir, "max_steps=25", "prompts_per_step=4", "group_size=4",
+                              "max_completion_length=16", "temperature=1.0", "learning_rate=2e-3")
     trainer = GRPOTrainer.from_config(config)
     before = first_token_kl(trainer.model, trainer.teacher, trainer.policy.tokenizer)
     trainer.fit()
@@ -79,16 +85,11 @@ def test_on_policy_distillation_moves_the_student_towards_the_teacher(tmp_path, 
 def test_on_policy_distillation_runs_each_prompt_once_for_the_same_reverse_kl(tmp_path, teacher_dir):
     """The teacher and the student score a batch's prompts once for all its micro-batches (as the policy's
     training pass does), not once per micro-batch: fewer tokens through the teacher, the same numbers."""
-    questions = tmp_path / "q.jsonl"
-    questions.write_text("".join(json.dumps({"question": f"What is {i} + {i}? Answer:", "answer": str(2 * i)}) + "\n"
-                                 for i in range(24)))
     results = {}
     for share in ("true", "false"):
-        config = load_config(GRPOConfig, overrides=[
-            "model=tiny:llama", f"teacher={teacher_dir}", "rewards={}", f"task={questions}", "eval_size=0",
-            "prompt_template=plain", "prefill=", "max_steps=2", "prompts_per_step=4", "group_size=4",
-            "micro_batch_size=1", "max_completion_length=8", "temperature=1.0", "save_steps=0",
-            "max_train_minutes=0", f"share_prompt_prefix={share}", f"output_dir={tmp_path / share}"])
+        config = on_policy_config(tmp_path, teacher_dir, "max_steps=2", "prompts_per_step=4", "group_size=4",
+                                  "micro_batch_size=1", "max_completion_length=8", "temperature=1.0",
+                                  f"share_prompt_prefix={share}", question="What is {i} + {i}? Answer:", run=share)
         trainer = GRPOTrainer.from_config(config)
         tokens = []
         forward = trainer.teacher.forward
@@ -110,13 +111,8 @@ def test_on_policy_distillation_gives_each_row_its_own_gap_whatever_order_the_ro
                                                                                                   teacher_dir):
     """With the prompts run once, rows are scored longest first; each row's advantage must still be its own
     teacher-student gap, as in the plain pass that scores them in order."""
-    questions = tmp_path / "q.jsonl"
-    questions.write_text("".join(json.dumps({"question": f"{i} + {i} =", "answer": str(2 * i)}) + "\n"
-                                 for i in range(4)))
-    config = load_config(GRPOConfig, overrides=[
-        "model=tiny:llama", f"teacher={teacher_dir}", "rewards={}", f"task={questions}", "eval_size=0",
-        "prompt_template=plain", "prefill=", "prompts_per_step=2", "group_size=3", "micro_batch_size=2",
-        "max_completion_length=16", "save_steps=0", f"output_dir={tmp_path / 'run'}"])
+    config = on_policy_config(tmp_path, teacher_dir, "prompts_per_step=2", "group_size=3", "micro_batch_size=2",
+                              "max_completion_length=16", count=4)
     trainer = GRPOTrainer.from_config(config)
     encode = lambda text: trainer.policy.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     prompts = [encode("1 + 1 =")] * 3 + [encode("12 + 12 =")] * 3
