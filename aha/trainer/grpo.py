@@ -245,12 +245,13 @@ class GRPOTrainer(Trainer):
             order = batch.completion_mask.sum(dim=1).argsort(descending=True, stable=True)
         splits = list(order.split(self.config.micro_batch_size))
         micro = [batch.select(rows) for rows in splits]
-        prompts = self._prompt_pass(self.model, batch, micro)  # each model's prompts once, not per micro-batch
-        students = [self._logprobs(self.model, mb, prompts) for mb in micro]
-        prompts = self._prompt_pass(self.teacher, batch, micro)
+        student_prompts = self._prompt_pass(self.model, batch, micro)  # each model's prompts once, not per mb
+        students = [self._logprobs(self.model, mb, student_prompts) for mb in micro]
+        del student_prompts  # its KV cache, before the teacher's is made
+        teacher_prompts = self._prompt_pass(self.teacher, batch, micro)
         gap = torch.zeros_like(batch.completion_mask)  # [N, C]
         for rows, mb, student in zip(splits, micro, students):
-            logits = prompts.completion_logits(mb) if prompts is not None else \
+            logits = teacher_prompts.completion_logits(mb) if teacher_prompts is not None else \
                 completion_logits(self.teacher, mb, share_prefix=self._shares_prefix())
             teacher = token_logprobs(logits, mb.completion_ids)  # [m, C]
             gap[rows, : mb.completion_width] = (teacher - student) * mb.completion_mask
