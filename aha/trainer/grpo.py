@@ -124,7 +124,7 @@ class GRPOTrainer(Trainer):
         examples = [self.task.example(i) for i in indices]
         prompt_ids, cut = self._tokenize_prompts([ex["question"] for ex in examples])
         params = SamplingParams(c.max_completion_length, c.temperature, c.top_p, tuple(c.stop_strings),
-                                logprobs=c.engine_ratio_cap > 0)
+                                logprobs=c.engine_ratio_cap > 0 or self._sampler_scores_student())
         seeds = [completion_seed(c.seed, step, i, j) for i in indices for j in range(c.group_size)]
         t0 = time.perf_counter()
         generations = self.backend.generate(prompt_ids, params, self.prompts.prefill, num_samples=c.group_size,
@@ -239,15 +239,20 @@ class GRPOTrainer(Trainer):
     def _add_teacher_advantages(self, batch: TrainBatch) -> dict[str, float]:
         """On-policy distillation: each sampled token's advantage gains teacher_weight * (log p_teacher -
         log p_student), the per-token reverse KL whose expectation the student then minimises (Agarwal et al.
-        2024, GKD; Thinking Machines 2025, "On-policy distillation"). Turns ``batch.advantages`` per-token."""
+        2024, GKD; Thinking Machines 2025, "On-policy distillation"). Turns ``batch.advantages`` per-token.
+        The student's log-probs are those its decode loop drew the tokens with, when it sampled them itself
+        (:meth:`_sampler_scores_student`); else a forward of the student."""
         order = torch.arange(batch.size)
         if self._shares_prefix():  # prompts run once per model: micro-batches of similar lengths pad little
             order = batch.completion_mask.sum(dim=1).argsort(descending=True, stable=True)
         splits = list(order.split(self.config.micro_batch_size))
         micro = [batch.select(rows) for rows in splits]
-        student_prompts = self._prompt_pass(self.model, batch, micro)  # each model's prompts once, not per mb
-        students = [self._logprobs(self.model, mb, student_prompts) for mb in micro]
-        del student_prompts  # its KV cache, before the teacher's is made
+        if self._sampler_scores_student() and batch.engine_logprobs is not None:
+            students = [mb.engine_logprobs for mb in micro]  # the decode loop's, of the tokens it drew
+        else:
+            student_prompts = self._prompt_pass(self.model, batch, micro)  # each model's prompts once, not per mb
+            students = [self._logprobs(self.model, mb, student_prompts) for mb in micro]
+            del student_prompts  # its KV cache, before the teacher's is made
         teacher_prompts = self._prompt_pass(self.teacher, batch, micro)
         gap = torch.zeros_like(batch.completion_mask)  # [N, C]
         for rows, mb, student in zip(splits, micro, students):
@@ -368,6 +373,13 @@ class GRPOTrainer(Trainer):
         shared = shared_prefix_length(prompts)
         return float(shared + sum(len(q) - shared for q in prompts))
 
+    def _sampler_scores_student(self) -> bool:
+        """On-policy distillation with the policy sampling its own rollouts (``transformers``): the decode loop
+        reports each drawn token's log-probability at the sampling temperature — the student's own weights and
+        numbers, what a forward of the student would give — so the student is not run again to score them.
+        Another engine's log-probs carry its own numerics; the student is run forward there."""
+        return self.teacher is not None and isinstance(self.backend, HFBackend)
+
     def _shares_prefix(self) -> bool:
         # a sharded model's backward reaches a block only through its output, not through the KV cache it
         # wrote, so prompts shared through the cache would miss FSDP's gather before the block's backward
@@ -394,7 +406,7 @@ class GRPOTrainer(Trainer):
             prompts = self._prompt_pass(model, batch, micro)
             return [self._logprobs(model, mb, prompts) for mb in micro]
 
-        if c.num_iterations > 1 or any(mb.engine_logprobs is not None for mb in micro):
+        if c.num_iterations > 1 or (c.engine_ratio_cap > 0 and any(mb.engine_logprobs is not None for mb in micro)):
             for mb, old in zip(micro, logprobs(self.model)):  # else old = current, detached, in the loss
                 mb.old_logprobs = old
         if self.loss_beta > 0:

@@ -130,6 +130,40 @@ def test_on_policy_distillation_gives_each_row_its_own_gap_whatever_order_the_ro
     torch.testing.assert_close(once, advantages(False), rtol=1e-4, atol=1e-5)
 
 
+def test_on_policy_distillation_takes_the_students_log_probs_from_the_decode_loop(tmp_path, teacher_dir):
+    """The policy samples its own rollouts: the log-probs its decode loop drew the tokens with are the student's
+    scores, so the student is not run forward again, and the teacher gap is the one that forward would give."""
+    config = on_policy_config(tmp_path, teacher_dir, "prompts_per_step=2", "group_size=3", "micro_batch_size=2",
+                              "max_completion_length=12", "temperature=0.8", count=4)
+    trainer = GRPOTrainer.from_config(config)
+    rollouts = trainer.rollout([0, 1], step=0)
+    generations = rollouts.generations
+    assert all(g.logprobs is not None and len(g.logprobs) == len(g.token_ids) for g in generations)
+    forwards = []
+    forward = trainer.model.forward
+
+    def counting(*args, **kwargs):
+        forwards.append(1)
+        return forward(*args, **kwargs)
+
+    trainer.model.forward = counting
+
+    def advantages(engine: bool) -> torch.Tensor:
+        batch = build_train_batch(rollouts.group_prompts, [g.token_ids for g in generations], torch.zeros(6),
+                                  trainer.backend.pad_id, 3,
+                                  engine_logprobs=[g.logprobs for g in generations] if engine else None)
+        forwards.clear()
+        trainer._add_teacher_advantages(batch)
+        return batch.advantages  # [6, C]: teacher_weight * (log p_teacher - log p_student) per token
+
+    from_loop = advantages(True)
+    assert forwards == []  # the student scored nothing itself
+    from_forward = advantages(False)
+    assert forwards  # without the loop's log-probs it runs forward
+    assert from_loop.abs().sum() > 0
+    torch.testing.assert_close(from_loop, from_forward, rtol=1e-4, atol=1e-5)
+
+
 def test_logit_distillation_adds_the_kl_to_the_teacher(tmp_path, teacher_dir):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"{i} + {i} =", "completion": f"<answer>{2 * i}</answer>"}) + "\n"
