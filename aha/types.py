@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -34,6 +34,13 @@ class TrainBatch:
     @property
     def completion_width(self) -> int:
         return self.completion_ids.shape[1]
+
+    def to(self, device: torch.device | str) -> "TrainBatch":
+        """The batch with every tensor on ``device`` (itself when they are all there already): batches are
+        built on the CPU, and a micro-batch meets the model's outputs on the model's device."""
+        moved = {f.name: value.to(device) for f in fields(self)
+                 if isinstance(value := getattr(self, f.name), torch.Tensor) and value.device != torch.device(device)}
+        return replace(self, **moved) if moved else self
 
     def select(self, rows: torch.Tensor) -> "TrainBatch":
         """A micro-batch of ``rows``, trimmed to the columns those rows use (less padding to compute)."""

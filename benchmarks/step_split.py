@@ -70,6 +70,12 @@ def precision_of(variant: str) -> str:
     return next((o.split("=", 1)[1] for o in variant.split() if o.startswith("matmul_precision=")), "highest")
 
 
+def passes_of(variant: str) -> int:
+    """The optimisation passes a variant makes over each batch (its num_iterations override, else 1): the
+    forward-backward time covers all of them, ``forward_tokens`` one."""
+    return int(next((o.split("=", 1)[1] for o in variant.split() if o.startswith("num_iterations=")), 1))
+
+
 def memory_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
     """Bytes per second of a large copy (read + write counted)."""
     src = torch.empty(megabytes * 2**20 // 4)
@@ -146,7 +152,8 @@ def main() -> None:
     for variant, res in results.items():
         steps = res["steps"]
         phase = {p: [m.get(f"time/{p}", 0.0) for m in steps] for p in PHASES}
-        mfu = [6 * res["params"] * m["forward_tokens"] / m["time/forward_backward"] / peaks[precision_of(variant)]
+        mfu = [6 * res["params"] * m["forward_tokens"] * passes_of(variant) / m["time/forward_backward"]
+               / peaks[precision_of(variant)]
                for m in steps
                if m.get("time/forward_backward")]
         tokens_per_s = [m["generated_tokens"] / m["time/step"] for m in steps]

@@ -124,7 +124,7 @@ class GRPOTrainer(Trainer):
         examples = [self.task.example(i) for i in indices]
         prompt_ids, cut = self._tokenize_prompts([ex["question"] for ex in examples])
         params = SamplingParams(c.max_completion_length, c.temperature, c.top_p, tuple(c.stop_strings),
-                                logprobs=c.engine_ratio_cap > 0 or self._sampler_scores_student())
+                                logprobs=self._wants_sampled_logprobs())
         seeds = [completion_seed(c.seed, step, i, j) for i in indices for j in range(c.group_size)]
         t0 = time.perf_counter()
         generations = self.backend.generate(prompt_ids, params, self.prompts.prefill, num_samples=c.group_size,
@@ -241,13 +241,13 @@ class GRPOTrainer(Trainer):
         log p_student), the per-token reverse KL whose expectation the student then minimises (Agarwal et al.
         2024, GKD; Thinking Machines 2025, "On-policy distillation"). Turns ``batch.advantages`` per-token.
         The student's log-probs are those its decode loop drew the tokens with, when it sampled them itself
-        (:meth:`_sampler_scores_student`); else a forward of the student."""
+        (:meth:`_sampled_logprobs_are_the_policys`); else a forward of the student."""
         order = torch.arange(batch.size)
         if self._shares_prefix():  # prompts run once per model: micro-batches of similar lengths pad little
             order = batch.completion_mask.sum(dim=1).argsort(descending=True, stable=True)
         splits = list(order.split(self.config.micro_batch_size))
-        micro = [batch.select(rows) for rows in splits]
-        if self._sampler_scores_student() and batch.engine_logprobs is not None:
+        micro = [batch.select(rows).to(self.policy.device) for rows in splits]
+        if self._sampled_logprobs_are_the_policys() and batch.engine_logprobs is not None:
             students = [mb.engine_logprobs for mb in micro]  # the decode loop's, of the tokens it drew
         else:
             student_prompts = self._prompt_pass(self.model, batch, micro)  # each model's prompts once, not per mb
@@ -258,8 +258,8 @@ class GRPOTrainer(Trainer):
         for rows, mb, student in zip(splits, micro, students):
             logits = teacher_prompts.completion_logits(mb) if teacher_prompts is not None else \
                 completion_logits(self.teacher, mb, share_prefix=self._shares_prefix())
-            teacher = token_logprobs(logits, mb.completion_ids)  # [m, C]
-            gap[rows, : mb.completion_width] = (teacher - student) * mb.completion_mask
+            teacher = token_logprobs(logits, mb.completion_ids.to(logits.device)).to(student.device)  # [m, C]
+            gap[rows, : mb.completion_width] = ((teacher - student) * mb.completion_mask).cpu()
         mask = batch.completion_mask
         outcome = batch.advantages if batch.advantages.dim() == 2 else batch.advantages[:, None] * mask
         batch.advantages = outcome + self.config.teacher_weight * gap
@@ -282,6 +282,7 @@ class GRPOTrainer(Trainer):
         micro = [batch.select(r) for r in rows[self.world.rank :: self.world.world_size]]
         if self.policy.sharded:  # sharded forwards are collective: every rank runs as many (masked filler)
             micro = pad_to_equal(micro, self.world, masked(batch.select(rows[0])) if rows else None)
+        micro = [mb.to(self.policy.device) for mb in micro]  # batches are built on the CPU
         t0 = time.perf_counter()
         if c.num_iterations > 1 or beta > 0 or (c.engine_ratio_cap > 0 and batch.engine_logprobs is not None):
             self._fill_reference_logprobs(batch, micro)
@@ -373,12 +374,19 @@ class GRPOTrainer(Trainer):
         shared = shared_prefix_length(prompts)
         return float(shared + sum(len(q) - shared for q in prompts))
 
-    def _sampler_scores_student(self) -> bool:
-        """On-policy distillation with the policy sampling its own rollouts (``transformers``): the decode loop
-        reports each drawn token's log-probability at the sampling temperature — the student's own weights and
-        numbers, what a forward of the student would give — so the student is not run again to score them.
-        Another engine's log-probs carry its own numerics; the student is run forward there."""
-        return self.teacher is not None and isinstance(self.backend, HFBackend)
+    def _sampled_logprobs_are_the_policys(self) -> bool:
+        """Whether the rollouts' log-probs stand in for a forward of the policy: it samples its own rollouts
+        (``transformers``), and its decode loop reports each drawn token's log-probability at the sampling
+        temperature — the policy's own weights and arithmetic at sampling time, what that forward computes (to
+        ~1e-5). They are then the old policy's log-probs (num_iterations > 1) and the student's scores in
+        on-policy distillation. Another engine's (vLLM, a server) carry its own numerics: the policy runs
+        forward there."""
+        return isinstance(self.backend, HFBackend)
+
+    def _wants_sampled_logprobs(self) -> bool:
+        c = self.config
+        return c.engine_ratio_cap > 0 or (self._sampled_logprobs_are_the_policys()
+                                          and (self.teacher is not None or c.num_iterations > 1))
 
     def _shares_prefix(self) -> bool:
         # a sharded model's backward reaches a block only through its output, not through the KV cache it
@@ -394,9 +402,10 @@ class GRPOTrainer(Trainer):
             logits = prompts.completion_logits(mb)
         else:
             logits = completion_logits(model, mb, share_prefix=self._shares_prefix())
+        labels = mb.completion_ids.to(logits.device)
         if entropy:
-            return token_logprobs_and_entropy(logits, mb.completion_ids, self.config.temperature, entropy_grad)
-        return token_logprobs(logits, mb.completion_ids, self.config.temperature)
+            return token_logprobs_and_entropy(logits, labels, self.config.temperature, entropy_grad)
+        return token_logprobs(logits, labels, self.config.temperature)
 
     @torch.no_grad()
     def _fill_reference_logprobs(self, batch: TrainBatch, micro: list[TrainBatch]) -> None:
@@ -406,7 +415,10 @@ class GRPOTrainer(Trainer):
             prompts = self._prompt_pass(model, batch, micro)
             return [self._logprobs(model, mb, prompts) for mb in micro]
 
-        if c.num_iterations > 1 or (c.engine_ratio_cap > 0 and any(mb.engine_logprobs is not None for mb in micro)):
+        if self._sampled_logprobs_are_the_policys() and all(mb.engine_logprobs is not None for mb in micro):
+            for mb in micro:  # the decode loop's: the sampling policy's own (else old = current, in the loss)
+                mb.old_logprobs = mb.engine_logprobs if c.num_iterations > 1 else None
+        elif c.num_iterations > 1 or (c.engine_ratio_cap > 0 and any(mb.engine_logprobs is not None for mb in micro)):
             for mb, old in zip(micro, logprobs(self.model)):  # else old = current, detached, in the loss
                 mb.old_logprobs = old
         if self.loss_beta > 0:

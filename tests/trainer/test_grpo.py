@@ -195,3 +195,82 @@ def test_old_and_reference_logprobs_with_prompts_run_once_equal_the_plain_pass(t
         for key in ("loss", "kl", "clip_ratio", "grad_norm"):
             if key in plain:
                 assert shared[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
+
+
+class _OtherEngine:
+    """The same samples from an engine the trainer does not know as the policy itself (as vLLM or a server)."""
+
+    def __init__(self, inner):
+        self.inner, self.pad_id = inner, inner.pad_id
+
+    def generate(self, *args, **kwargs):
+        return self.inner.generate(*args, **kwargs)
+
+    def sync_weights(self):
+        self.inner.sync_weights()
+
+
+def test_the_old_logprobs_of_several_passes_come_from_the_decode_loop_not_a_forward(tmp_path):
+    """num_iterations > 1 needs the sampling policy's log-probs; the policy's own decode loop drew the tokens
+    with them, so no forward computes them again — and the updates equal those of the forward's log-probs."""
+    runs = {}
+    for name in ("loop", "forward"):
+        trainer = make(tmp_path / name, max_steps=2, num_iterations=2, group_size=4)
+        if name == "forward":
+            trainer.backend = _OtherEngine(trainer.backend)
+        scored = []
+        logprobs = trainer._logprobs
+
+        def counting(*args, _scored=scored, _inner=logprobs, **kwargs):
+            if not torch.is_grad_enabled():  # old and reference log-probs are scored without a graph
+                _scored.append(1)
+            return _inner(*args, **kwargs)
+
+        trainer._logprobs = counting
+        trainer.fit()
+        runs[name] = (read_metrics(trainer), len(scored))
+    (loop, loop_scored), (forward, forward_scored) = runs["loop"], runs["forward"]
+    assert loop_scored == 0 and forward_scored > 0
+    for a, b in zip(loop, forward):
+        assert a["completion_length"] == b["completion_length"]  # the same samples
+        for key in ("loss", "clip_ratio", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-6), key
+
+
+def test_a_batch_moves_to_the_models_device_whole():
+    from aha.types import build_train_batch
+
+    batch = build_train_batch([[5, 6], [7]], [[1, 2, 3], [4]], torch.tensor([1.0, -1.0]), pad_id=0,
+                              engine_logprobs=[[-0.1, -0.2, -0.3], [-0.4]])
+    assert batch.to("cpu") is batch  # already there: nothing copied
+    moved = batch.to("meta")
+    tensors = {name: value for name, value in vars(moved).items() if isinstance(value, torch.Tensor)}
+    assert set(tensors) >= {"input_ids", "completion_mask", "advantages", "group_ids", "engine_logprobs"}
+    assert all(t.device.type == "meta" for t in tensors.values()) and moved.old_logprobs is None
+    assert moved.prompt_width == batch.prompt_width and batch.input_ids.device.type == "cpu"
+
+
+def test_log_probs_are_taken_on_the_device_of_the_models_logits(tmp_path, monkeypatch):
+    """Batches are built on the CPU; on a GPU the logits are on the GPU, and the labels must follow them (a
+    gather across devices fails there). Logits on the meta device stand for the GPU's."""
+    import aha.trainer.grpo as grpo
+    from aha.types import build_train_batch
+
+    trainer = make(tmp_path)
+    batch = build_train_batch([[5, 6]] * 2, [[1, 2, 3], [4]], torch.zeros(2), pad_id=0, group_size=2)
+    seen = []
+
+    def scored(logits, labels, *args):
+        seen.append((logits.device, labels.device))
+        return torch.zeros(labels.shape, device=logits.device), torch.zeros(labels.shape, device=logits.device)
+
+    monkeypatch.setattr(grpo, "token_logprobs_and_entropy", scored)
+    monkeypatch.setattr(grpo, "token_logprobs", lambda logits, labels, *args: scored(logits, labels)[0])
+
+    class OnAnotherDevice:
+        def completion_logits(self, mb):
+            return torch.empty(mb.size, mb.completion_width, 11, device="meta")
+
+    trainer._logprobs(trainer.model, batch, OnAnotherDevice(), entropy=True)
+    trainer._logprobs(trainer.model, batch, OnAnotherDevice())
+    assert seen == [(torch.device("meta"), torch.device("meta"))] * 2
