@@ -30,7 +30,7 @@ def completion_logits(model: torch.nn.Module, mb: TrainBatch, *, share_prefix: b
 
 def _shared_prefix_logits(model: torch.nn.Module, mb: TrainBatch, device: torch.device) -> torch.Tensor:
     p, c = mb.prompt_width, mb.completion_width
-    groups, inverse = torch.unique(mb.group_ids, return_inverse=True)  # inverse: row -> its group's slot
+    groups, inverse = torch.unique(mb.group_ids.cpu(), return_inverse=True)  # inverse: row -> its group's slot
     first_row = torch.zeros(len(groups), dtype=torch.long)
     first_row.scatter_reduce_(0, inverse, torch.arange(mb.size), reduce="amin", include_self=False)
     prompt, prompt_mask = _prompt_pass(model, mb, first_row, device)
