@@ -35,7 +35,7 @@ PANELS = [
     ("clip", ["clip_ratio"], "clipped share of tokens"),
 ]
 MAX_ROLLOUTS = 600
-"""Rollouts in the table (the latest ones); the page stays light enough to open anywhere."""
+"""Rollouts in the table at most (of steps spread over the run); the page stays light enough to open anywhere."""
 
 
 @dataclass
@@ -203,9 +203,40 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
 
 
-def rollout_table(run: Run, counter: ReflectionCounter, table_id: str) -> str:
+def table_samples(samples: list[dict[str, Any]], limit: int = MAX_ROLLOUTS,
+                  moment: int | None = None) -> tuple[list[dict[str, Any]], str]:
+    """The rollouts the table shows, and a line that says which: all of them when they fit; else every logged
+    rollout of steps spread evenly from the first to the last (how the responses changed over the run), the
+    first steps from the aha moment on among them, in step order."""
+    if len(samples) <= limit:
+        return samples, f"All {len(samples):,} logged rollouts."
+    by_step: dict[int, list[dict[str, Any]]] = {}
+    for sample in samples:
+        by_step.setdefault(int(sample.get("step", 0)), []).append(sample)
+    steps = sorted(by_step)
+    per_step = -(-len(samples) // len(steps))  # the mean, rounded up
+    count = max(1, min(len(steps), limit // per_step))
+    chosen: set[int] = set()
+    if moment is not None:  # the moment's first steps: what the new behaviour looks like when it starts
+        chosen.update([s for s in steps if s >= moment][: max(1, count // 10)])
+    others, rest = [s for s in steps if s not in chosen], count - len(chosen)
+    if rest > 0:  # evenly over the other steps, the first and the last included
+        chosen.update(others[round(i * (len(others) - 1) / max(rest - 1, 1))] for i in range(rest))
+    shown: list[dict[str, Any]] = []
+    for step in sorted(chosen):
+        if len(shown) + len(by_step[step]) <= limit:
+            shown.extend(by_step[step])
+    kept = sorted({int(s.get("step", 0)) for s in shown})
+    return shown, (f"{len(shown):,} of {len(samples):,} logged rollouts: every rollout of {len(kept)} of the "
+                   f"{len(steps)} steps, spread from step {kept[0]} to step {kept[-1]}"
+                   + (f", the first from the aha moment (step {moment}) on among them" if moment is not None else "")
+                   + ".")
+
+
+def rollout_table(run: Run, counter: ReflectionCounter, table_id: str, moment: AhaMoment | None = None) -> str:
     rows = []
-    for sample in run.samples[-MAX_ROLLOUTS:]:
+    samples, caption = table_samples(run.samples, MAX_ROLLOUTS, moment.index if moment is not None else None)
+    for sample in samples:
         correct = _correct(sample)
         completion = sample.get("completion", "")
         reflective = bool(counter.spans(completion))
@@ -215,7 +246,7 @@ def rollout_table(run: Run, counter: ReflectionCounter, table_id: str) -> str:
             f"<td><pre>{highlighted(completion, counter)}</pre></td>"
             f"<td>{sample.get('reward', '')}</td><td>{'' if correct is None else ('right' if correct else 'wrong')}"
             "</td></tr>")
-    return (f"<div class='filters' data-table='{table_id}'>"
+    return (f"<p class='q'>{html.escape(caption)}</p><div class='filters' data-table='{table_id}'>"
             "<label><select class='f-correct'><option value=''>right and wrong</option>"
             "<option value='1'>right</option><option value='0'>wrong</option></select></label> "
             "<label><input type='checkbox' class='f-reflective'> with reflection only</label> "
@@ -298,7 +329,7 @@ def build_report(paths: list[str], out: str | Path | None = None, png_dir: str |
                     + ("" if summary else " (running or stopped before its end)") + ".</p>")
         body.append("<h3>The aha moment</h3>" + moment_section(run, moments[run.label], counter))
         if run.samples:
-            body.append("<h3>Rollouts</h3>" + rollout_table(run, counter, f"rollouts-{i}"))
+            body.append("<h3>Rollouts</h3>" + rollout_table(run, counter, f"rollouts-{i}", moments[run.label]))
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>aha report</title><style>" + STYLE
             + "</style></head><body>" + "".join(body) + "<script>" + SCRIPT + "</script></body></html>")
     target = Path(out) if out else runs[0].layout.root / "report.html"

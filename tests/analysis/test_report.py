@@ -70,6 +70,22 @@ def test_the_report_finds_the_moment_and_explains_it(tmp_path):
     assert "rollouts-0" in both and "rollouts-1" in both
 
 
+def test_a_long_runs_table_shows_rollouts_from_the_whole_run_and_the_moment(tmp_path, monkeypatch):
+    """More rollouts than the table holds: whole steps spread from the first to the last, the aha moment's first
+    steps among them, and a line that says so — not only the run's last rollouts."""
+    import aha.analysis.report as report
+
+    monkeypatch.setattr(report, "MAX_ROLLOUTS", 20)
+    run = fake_run(tmp_path / "run", steps=60, moment=40)  # 120 rollouts, 2 a step
+    page = build_report([str(run)]).read_text()
+    table = page[page.index("class='rollouts'"):]
+    steps = [int(s) for s in re.findall(r"<tr data-correct='[01]?' data-reflective='[01]'><td>(\d+)</td>", table)]
+    assert len(steps) == 20 and steps == sorted(steps)
+    assert {1, 40, 60} <= set(steps) and all(steps.count(s) == 2 for s in steps)  # whole steps
+    assert "20 of 120 logged rollouts: every rollout of 10 of the 60 steps, spread from step 1 to step 60" in page
+    assert "All 16 logged rollouts." in build_report([str(fake_run(tmp_path / "short", steps=8, moment=4))]).read_text()
+
+
 def test_a_pipeline_directory_gets_a_section_per_training_stage(tmp_path):
     fake_run(tmp_path / "pipe" / "rl")
     (tmp_path / "pipe" / "mix").mkdir()
