@@ -222,12 +222,11 @@ def table_samples(samples: list[dict[str, Any]], limit: int = MAX_ROLLOUTS,
     others, rest = [s for s in steps if s not in chosen], count - len(chosen)
     if rest > 0:  # evenly over the other steps, the first and the last included
         chosen.update(others[round(i * (len(others) - 1) / max(rest - 1, 1))] for i in range(rest))
-    shown: list[dict[str, Any]] = []
-    for step in sorted(chosen):
-        if len(shown) + len(by_step[step]) <= limit:
-            shown.extend(by_step[step])
-    kept = sorted({int(s.get("step", 0)) for s in shown})
-    return shown, (f"{len(shown):,} of {len(samples):,} logged rollouts: every rollout of {len(kept)} of the "
+    cap = max(1, limit // count)  # rollouts a step at most (a step that logged more shows its first ones)
+    shown = [sample for step in sorted(chosen) for sample in by_step[step][:cap]]
+    kept = sorted(chosen)
+    each = "every rollout" if all(len(by_step[s]) <= cap for s in kept) else f"up to {cap} rollouts"
+    return shown, (f"{len(shown):,} of {len(samples):,} logged rollouts: {each} of {len(kept)} of the "
                    f"{len(steps)} steps, spread from step {kept[0]} to step {kept[-1]}"
                    + (f", the first from the aha moment (step {moment}) on among them" if moment is not None else "")
                    + ".")
