@@ -378,15 +378,16 @@ class GRPOTrainer(Trainer):
         """Whether the rollouts' log-probs stand in for a forward of the policy: it samples its own rollouts
         (``transformers``), and its decode loop reports each drawn token's log-probability at the sampling
         temperature — the policy's own weights and arithmetic at sampling time, what that forward computes (to
-        ~1e-5). They are then the old policy's log-probs (num_iterations > 1) and the student's scores in
-        on-policy distillation. Another engine's (vLLM, a server) carry its own numerics: the policy runs
-        forward there."""
+        ~1e-5). They are then the old policy's log-probs (num_iterations > 1), the student's scores in
+        on-policy distillation and the policy's term of PPO's KL in the reward. Another engine's (vLLM, a
+        server) carry its own numerics: the policy runs forward there."""
         return isinstance(self.backend, HFBackend)
 
     def _wants_sampled_logprobs(self) -> bool:
         c = self.config
+        sampled_kl = c.algorithm == "ppo" and c.kl_in_reward and c.beta > 0
         return c.engine_ratio_cap > 0 or (self._sampled_logprobs_are_the_policys()
-                                          and (self.teacher is not None or c.num_iterations > 1))
+                                          and (self.teacher is not None or c.num_iterations > 1 or sampled_kl))
 
     def _shares_prefix(self) -> bool:
         # a sharded model's backward reaches a block only through its output, not through the KV cache it

@@ -100,7 +100,10 @@ class PPOTrainer(GRPOTrainer):
         kl = torch.zeros_like(batch.completion_mask)
         for rows in torch.arange(batch.size).split(self.config.micro_batch_size):
             mb = batch.select(rows)
-            policy = self._logprobs(self.model, mb)
+            if self._sampled_logprobs_are_the_policys() and mb.engine_logprobs is not None:
+                policy = mb.engine_logprobs.to(self.policy.device)  # the decode loop's, of the tokens it drew
+            else:
+                policy = self._logprobs(self.model, mb)
             if self.reference is not None:
                 reference = self._logprobs(self.reference, mb)
             else:  # LoRA: the reference is the base model

@@ -95,6 +95,45 @@ def test_ppo_with_the_kl_in_the_reward(tmp_path):
     assert all("kl" not in m and m["nonfinite_skipped"] == 0 for m in read(trainer.layout.metrics))
 
 
+def test_ppo_takes_the_policys_side_of_the_kl_in_the_reward_from_the_decode_loop(tmp_path):
+    """The policy's log-probs of its own samples come from the loop that drew them; only the reference runs forward,
+    and the step equals the one whose policy log-probs a forward computed."""
+
+    class OtherEngine:  # the same samples from an engine the trainer does not know as the policy itself
+        def __init__(self, inner):
+            self.inner, self.pad_id = inner, inner.pad_id
+
+        def generate(self, *args, **kwargs):
+            return self.inner.generate(*args, **kwargs)
+
+        def sync_weights(self):
+            self.inner.sync_weights()
+
+    runs = {}
+    for name in ("loop", "forward"):
+        trainer = make(tmp_path / name, algorithm="ppo", beta=0.1, kl_in_reward="true", max_steps=2,
+                       rewards="{last_char_code: 1.0}", eval_size=0)
+        if name == "forward":
+            trainer.backend = OtherEngine(trainer.backend)
+        scored = []
+        logprobs = trainer._logprobs
+
+        def counting(model, *args, _scored=scored, _inner=logprobs, _policy=trainer.model, **kwargs):
+            if model is _policy and not torch.is_grad_enabled():
+                _scored.append(1)
+            return _inner(model, *args, **kwargs)
+
+        trainer._logprobs = counting
+        trainer.fit()
+        runs[name] = (read(trainer.layout.metrics), len(scored))
+    (loop, loop_scored), (forward, forward_scored) = runs["loop"], runs["forward"]
+    assert loop_scored == 0 and forward_scored > 0
+    for a, b in zip(loop, forward):
+        assert a["completion_length"] == b["completion_length"]  # the same samples
+        for key in ("reward", "loss", "grad_norm", "value_mean", "return_mean"):
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-6), key
+
+
 class SteppedTask(RecordsTask):
     """A task that judges reasoning steps: a step ends at every '+' the completion writes, worth 1."""
 
