@@ -123,3 +123,17 @@ def launch(moment: str, run: Path, task: Path, resume: bool) -> subprocess.Popen
     args = [sys.executable, str(KILLABLE), moment, *settings(run, task)] + (["resume=true"] if resume else [])
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+class OtherEngine:
+    """The same samples as the policy's own backend, from an engine the trainer does not know as the policy itself
+    (as vLLM or a server): the trainer then scores the samples with forwards of its own."""
+
+    def __init__(self, inner):
+        self.inner, self.pad_id = inner, inner.pad_id
+
+    def generate(self, *args, **kwargs):
+        return self.inner.generate(*args, **kwargs)
+
+    def sync_weights(self):
+        self.inner.sync_weights()

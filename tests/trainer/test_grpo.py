@@ -6,7 +6,7 @@ import torch
 from aha.config import GRPOConfig, load_config
 from aha.run import RunDirError
 from aha.trainer.grpo import GRPOTrainer
-from tests.trainer.helpers import fit_until_crash, tiny_overrides, tiny_task
+from tests.trainer.helpers import OtherEngine, fit_until_crash, tiny_overrides, tiny_task
 
 
 def make(tmp_path, **extra) -> GRPOTrainer:
@@ -197,18 +197,6 @@ def test_old_and_reference_logprobs_with_prompts_run_once_equal_the_plain_pass(t
                 assert shared[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-6), key
 
 
-class _OtherEngine:
-    """The same samples from an engine the trainer does not know as the policy itself (as vLLM or a server)."""
-
-    def __init__(self, inner):
-        self.inner, self.pad_id = inner, inner.pad_id
-
-    def generate(self, *args, **kwargs):
-        return self.inner.generate(*args, **kwargs)
-
-    def sync_weights(self):
-        self.inner.sync_weights()
-
 
 def test_the_old_logprobs_of_several_passes_come_from_the_decode_loop_not_a_forward(tmp_path):
     """num_iterations > 1 needs the sampling policy's log-probs; the policy's own decode loop drew the tokens
@@ -217,7 +205,7 @@ def test_the_old_logprobs_of_several_passes_come_from_the_decode_loop_not_a_forw
     for name in ("loop", "forward"):
         trainer = make(tmp_path / name, max_steps=2, num_iterations=2, group_size=4)
         if name == "forward":
-            trainer.backend = _OtherEngine(trainer.backend)
+            trainer.backend = OtherEngine(trainer.backend)
         scored = []
         logprobs = trainer._logprobs
 

@@ -13,7 +13,7 @@ from aha.rewards import REWARDS, register_reward
 from aha.trainer import rl_trainer
 from aha.trainer.grpo import GRPOTrainer
 from aha.trainer.ppo import PPOTrainer
-from tests.trainer.helpers import fit_until_crash, tiny_overrides, tiny_task
+from tests.trainer.helpers import OtherEngine, fit_until_crash, tiny_overrides, tiny_task
 
 if "odd_questions_vary" not in REWARDS:
 
@@ -98,16 +98,6 @@ def test_ppo_with_the_kl_in_the_reward(tmp_path):
 def test_ppo_takes_the_policys_side_of_the_kl_in_the_reward_from_the_decode_loop(tmp_path):
     """The policy's log-probs of its own samples come from the loop that drew them; only the reference runs forward,
     and the step equals the one whose policy log-probs a forward computed."""
-
-    class OtherEngine:  # the same samples from an engine the trainer does not know as the policy itself
-        def __init__(self, inner):
-            self.inner, self.pad_id = inner, inner.pad_id
-
-        def generate(self, *args, **kwargs):
-            return self.inner.generate(*args, **kwargs)
-
-        def sync_weights(self):
-            self.inner.sync_weights()
 
     runs = {}
     for name in ("loop", "forward"):
