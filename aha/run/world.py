@@ -19,9 +19,12 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
+
+if TYPE_CHECKING:
+    from aha.rollout import Generation, GenerationBackend, SamplingParams
 
 T = TypeVar("T")
 
@@ -178,3 +181,22 @@ def leave_world() -> None:
     if _WORLD is not None and _WORLD.distributed and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     _WORLD = None
+
+
+class ShardedBackend:
+    """A backend whose prompts are split over a distributed run's ranks: each rank generates its contiguous
+    share and every rank gets all completions back, in order."""
+
+    def __init__(self, backend: GenerationBackend, world: World):
+        self.backend, self.world = backend, world
+        self.pad_id = backend.pad_id
+
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, prefill: str = "",
+                 num_samples: int = 1, seeds: list[int] | None = None) -> list[Generation]:
+        share = self.world.share(len(prompt_ids))
+        mine = None if seeds is None else seeds[share.start * num_samples: share.stop * num_samples]
+        local = self.backend.generate(prompt_ids[share.start: share.stop], params, prefill, num_samples, seeds=mine)
+        return self.world.gather(local)
+
+    def sync_weights(self) -> None:
+        self.backend.sync_weights()

@@ -31,7 +31,7 @@ from aha.eval.heldout import evaluate_heldout
 from aha.models import is_peft
 from aha.rewards import RewardTerm, follows_format, score
 from aha.rollout import Generation, GenerationBackend, HFBackend, SamplingParams
-from aha.run import RunLayout, World, current_world, open_run_dir
+from aha.run import RunLayout, ShardedBackend, current_world, open_run_dir
 from aha.run.sharding import full_weights, pad_to_equal
 from aha.trainer.core import EvalResult, Policy, StepResult, Trainer, build_policy, seed_everything, set_determinism
 from aha.trainer.forward import PromptPass, completion_logits, prompt_tokens
@@ -536,25 +536,6 @@ class Rollouts:
                         self.prompt_ids + other.prompt_ids, self.generations + other.generations,
                         self.total + other.total, per_reward, failures, self.prompts_cut + other.prompts_cut,
                         self.group_size)
-
-
-class ShardedBackend:
-    """A backend whose prompts are split over a distributed run's ranks: each rank generates its contiguous
-    share and every rank gets all completions back, in order."""
-
-    def __init__(self, backend: GenerationBackend, world: World):
-        self.backend, self.world = backend, world
-        self.pad_id = backend.pad_id
-
-    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, prefill: str = "",
-                 num_samples: int = 1, seeds: list[int] | None = None) -> list[Generation]:
-        share = self.world.share(len(prompt_ids))
-        mine = None if seeds is None else seeds[share.start * num_samples: share.stop * num_samples]
-        local = self.backend.generate(prompt_ids[share.start: share.stop], params, prefill, num_samples, seeds=mine)
-        return self.world.gather(local)
-
-    def sync_weights(self) -> None:
-        self.backend.sync_weights()
 
 
 def step_reward_tensors(task: Task, rollouts: Rollouts, width: int) -> tuple[torch.Tensor, torch.Tensor]:
