@@ -3,9 +3,9 @@
 Each variant is the default `aha train` run with some `key=value` overrides, run for a few steps in its own
 process (so each has its own peak RSS), variants alternating over repetitions. Per variant: the step split
 into sampling (generation, reward scoring), old/reference log-probs, forward-backward and the optimiser step
-(with the gradient all-reduce); peak RSS; and the training phase's model FLOP utilisation,
-6 x parameters x tokens through the policy / forward-backward time, over this machine's fp32 matmul rate
-measured in the same run.
+(with the gradient all-reduce), and PPO's critic (its values and its update); peak RSS; and the training
+phase's model FLOP utilisation, 6 x parameters x tokens through the policy / forward-backward time, over this
+machine's fp32 matmul rate measured in the same run (not for PPO, whose parameters count its critic).
 
     git worktree add /tmp/aha-before COMMIT          # the code to compare against
     .venv/bin/python benchmarks/step_split.py --steps 6 --repeats 2 \
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-PHASES = ["step", "generation", "scoring", "logprobs", "forward_backward", "optimizer"]
+PHASES = ["step", "generation", "scoring", "logprobs", "forward_backward", "optimizer", "critic"]
 
 
 def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
@@ -151,11 +151,11 @@ def main() -> None:
                "copy_bandwidth_bytes_per_s": bandwidth, "variants": {}}
     for variant, res in results.items():
         steps = res["steps"]
-        phase = {p: [m.get(f"time/{p}", 0.0) for m in steps] for p in PHASES}
+        phase = {p: [m[f"time/{p}"] for m in steps if f"time/{p}" in m] for p in PHASES}
         mfu = [6 * res["params"] * m["forward_tokens"] * passes_of(variant) / m["time/forward_backward"]
                / peaks[precision_of(variant)]
                for m in steps
-               if m.get("time/forward_backward")]
+               if m.get("time/forward_backward") and "time/critic" not in m]  # PPO's parameters count its critic: none
         tokens_per_s = [m["generated_tokens"] / m["time/step"] for m in steps]
         row = [variant or "default", *[spread(phase[p]) for p in PHASES], spread(res["peak_rss_gb"]),
                f"{100 * statistics.median(mfu):.0f}%" if mfu else "–", f"{statistics.median(tokens_per_s):.0f}"]

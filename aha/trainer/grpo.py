@@ -242,11 +242,7 @@ class GRPOTrainer(Trainer):
         2024, GKD; Thinking Machines 2025, "On-policy distillation"). Turns ``batch.advantages`` per-token.
         The student's log-probs are those its decode loop drew the tokens with, when it sampled them itself
         (:meth:`_sampled_logprobs_are_the_policys`); else a forward of the student."""
-        order = torch.arange(batch.size)
-        if self._shares_prefix():  # prompts run once per model: micro-batches of similar lengths pad little
-            order = batch.completion_mask.sum(dim=1).argsort(descending=True, stable=True)
-        splits = list(order.split(self.config.micro_batch_size))
-        micro = [batch.select(rows).to(self.policy.device) for rows in splits]
+        splits, micro = self._scoring_micro_batches(batch)
         if self._sampled_logprobs_are_the_policys() and batch.engine_logprobs is not None:
             students = [mb.engine_logprobs for mb in micro]  # the decode loop's, of the tokens it drew
         else:
@@ -265,6 +261,16 @@ class GRPOTrainer(Trainer):
         batch.advantages = outcome + self.config.teacher_weight * gap
         reverse_kl = float(-(gap * mask).sum() / mask.sum().clamp(min=1))
         return {"teacher_reverse_kl": reverse_kl}
+
+    def _scoring_micro_batches(self, batch: TrainBatch) -> tuple[list[torch.Tensor], list[TrainBatch]]:
+        """Every row of ``batch`` in micro-batches to score without gradients (teacher, reference, critic): the
+        rows of each, and the micro-batches on the policy's device. With the prompts run once per model
+        (:class:`PromptPass`) the rows are sorted by completion length, so a micro-batch pads little."""
+        order = torch.arange(batch.size)
+        if self._shares_prefix():
+            order = batch.completion_mask.sum(dim=1).argsort(descending=True, stable=True)
+        splits = list(order.split(self.config.micro_batch_size))
+        return splits, [batch.select(rows).to(self.policy.device) for rows in splits]
 
     # --- optimisation ------------------------------------------------------------------------------
     def optimise(self, batch: TrainBatch) -> dict[str, float]:
@@ -286,7 +292,7 @@ class GRPOTrainer(Trainer):
         t0 = time.perf_counter()
         if c.num_iterations > 1 or beta > 0 or (c.engine_ratio_cap > 0 and batch.engine_logprobs is not None):
             self._fill_reference_logprobs(batch, micro)
-        self.timing["logprobs"] = time.perf_counter() - t0  # old and reference log-probs
+        self.timing["logprobs"] = self.timing.get("logprobs", 0.0) + time.perf_counter() - t0  # old and reference
         self.timing["forward_backward"] = self.timing["optimizer"] = 0.0
         stats: dict[str, float] = {"trained_sequences": trained_sequences,  # tokens through the policy in a pass
                                    "forward_tokens": trained_tokens + self._prompt_work(batch, rows)}

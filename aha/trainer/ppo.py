@@ -13,18 +13,27 @@ optimiser state double the memory — the trade GRPO removes.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
 
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
 from aha.algorithms import compute_gae, value_loss
+from aha.models import cache_keyword, output_cache
 from aha.trainer.core import adamw
+from aha.trainer.forward import PromptPass, completion_logits
 from aha.trainer.grpo import GRPOTrainer, Rollouts
 from aha.types import TrainBatch
 
 
 class ValueModel(torch.nn.Module):
-    """A critic: a causal LM's body (no LM head) and a linear head giving one value per position."""
+    """A critic: a causal LM's body (no LM head) and a linear head giving one value per position.
+
+    It is called as the causal LM is, and returns its values as the ``logits`` (``[b, t, 1]``) with the KV cache,
+    so the trainer's forward helpers run it as they run the policy: :class:`~aha.trainer.forward.PromptPass` runs
+    each prompt through it once per pass and the completions continue from the prompts' cache."""
 
     def __init__(self, causal_lm: torch.nn.Module):
         super().__init__()
@@ -34,15 +43,18 @@ class ValueModel(torch.nn.Module):
         torch.nn.init.zeros_(self.head.weight)
         torch.nn.init.zeros_(self.head.bias)
 
-    def forward(self, mb: TrainBatch) -> torch.Tensor:
-        """V(s_t) for every completion token t of the micro-batch (the state: the prompt and the tokens
-        before t): ``[m, C]``."""
-        device = self.head.weight.device
-        out = self.body(input_ids=mb.input_ids.to(device), attention_mask=mb.attention_mask.to(device),
-                        position_ids=mb.position_ids.to(device), use_cache=False)
-        start = mb.prompt_width - 1
-        hidden = out.last_hidden_state[:, start: start + mb.completion_width]  # [m, C, H]
-        return self.head(hidden.float()).squeeze(-1)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cache=None, use_cache: bool = False,
+                logits_to_keep: int = 0, past_key_values=None) -> CausalLMOutputWithPast:
+        """V(s_t) at every position (the state: the tokens up to it) — of the last ``logits_to_keep`` positions when
+        given — as ``logits`` ``[b, t, 1]``, and the cache with ``use_cache``."""
+        cache = cache if cache is not None else past_key_values
+        out = self.body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                        use_cache=use_cache, **({cache_keyword(self.body): cache} if cache is not None else {}))
+        hidden = out.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        return CausalLMOutputWithPast(logits=self.head(hidden.float()), cache=output_cache(out))
 
 
 class PPOTrainer(GRPOTrainer):
@@ -77,39 +89,56 @@ class PPOTrainer(GRPOTrainer):
         token_rewards = torch.zeros_like(mask)
         rows = torch.nonzero(lengths > 0).flatten()
         token_rewards[rows, lengths[rows] - 1] = rewards[rows]  # the outcome, on the last token
+        t0 = time.perf_counter()
         self._values = self._critic_values(batch)  # [N, C], the critic before this step's update
+        t_values = time.perf_counter()
+        self.timing["critic"] = t_values - t0  # the critic's values and update
         if c.kl_in_reward and c.beta > 0:
             token_rewards = token_rewards - c.beta * self._sampled_kl(batch)
+            self.timing["logprobs"] = time.perf_counter() - t_values  # the reference's side of the KL
         advantages, self._returns = compute_gae(token_rewards, self._values, mask, c.gae_gamma, c.gae_lambda)
         count = mask.sum().clamp(min=1)
         mean = (advantages * mask).sum() / count
         std = ((((advantages - mean) ** 2) * mask).sum() / count).sqrt()
         return (advantages - mean) / (std + 1e-8) * mask  # whitened over the batch's tokens
 
+    def _predict_values(self, mb: TrainBatch, prompts: PromptPass | None) -> torch.Tensor:
+        """The critic's V(s_t) ``[m, C]`` for every completion token t of ``mb`` (the state: the prompt and the
+        tokens before t), from ``prompts`` (the critic's pass over the batch's prompts) when given."""
+        if prompts is not None:
+            return prompts.completion_logits(mb)[..., 0]
+        return completion_logits(self.critic, mb, share_prefix=self._shares_prefix())[..., 0]
+
     @torch.no_grad()
     def _critic_values(self, batch: TrainBatch) -> torch.Tensor:
         values = torch.zeros_like(batch.completion_mask)
-        for rows in torch.arange(batch.size).split(self.config.micro_batch_size):
-            mb = batch.select(rows)
-            values[rows, : mb.completion_width] = self.critic(mb).cpu() * mb.completion_mask
+        splits, micro = self._scoring_micro_batches(batch)
+        prompts = self._prompt_pass(self.critic, batch, micro)  # each prompt through the critic once
+        for rows, mb in zip(splits, micro):
+            values[rows, : mb.completion_width] = self._predict_values(mb, prompts).cpu() * mb.completion_mask.cpu()
         return values
 
     @torch.no_grad()
     def _sampled_kl(self, batch: TrainBatch) -> torch.Tensor:
         """log pi(token) - log ref(token) of every sampled token (the k1 estimator, as a per-token penalty)."""
         kl = torch.zeros_like(batch.completion_mask)
-        for rows in torch.arange(batch.size).split(self.config.micro_batch_size):
-            mb = batch.select(rows)
-            if self._sampled_logprobs_are_the_policys() and mb.engine_logprobs is not None:
-                policy = mb.engine_logprobs.to(self.policy.device)  # the decode loop's, of the tokens it drew
-            else:
-                policy = self._logprobs(self.model, mb)
-            if self.reference is not None:
-                reference = self._logprobs(self.reference, mb)
-            else:  # LoRA: the reference is the base model
-                with self.model.disable_adapter():
-                    reference = self._logprobs(self.model, mb)
-            kl[rows, : mb.completion_width] = (policy - reference).cpu() * mb.completion_mask
+        splits, micro = self._scoring_micro_batches(batch)
+        if self._sampled_logprobs_are_the_policys() and all(mb.engine_logprobs is not None for mb in micro):
+            policy = [mb.engine_logprobs for mb in micro]  # the decode loop's, of the tokens it drew
+        else:
+            prompts = self._prompt_pass(self.model, batch, micro)
+            policy = [self._logprobs(self.model, mb, prompts) for mb in micro]
+            del prompts
+        if self.reference is not None:
+            prompts = self._prompt_pass(self.reference, batch, micro)
+            reference = [self._logprobs(self.reference, mb, prompts) for mb in micro]
+        else:  # LoRA: the reference is the base model
+            with self.model.disable_adapter():
+                prompts = self._prompt_pass(self.model, batch, micro)
+                reference = [self._logprobs(self.model, mb, prompts) for mb in micro]
+        del prompts
+        for rows, mb, mine, ref in zip(splits, micro, policy, reference):
+            kl[rows, : mb.completion_width] = (mine.to(ref.device) - ref).cpu() * mb.completion_mask.cpu()
         return kl
 
     # --- updates ---------------------------------------------------------------------------------------
@@ -120,21 +149,24 @@ class PPOTrainer(GRPOTrainer):
 
     def optimise(self, batch: TrainBatch) -> dict[str, float]:
         stats = super().optimise(batch)  # the policy, with the clipped surrogate on the GAE advantages
+        t0 = time.perf_counter()
         stats.update(self._update_critic(batch))
+        self.timing["critic"] = self.timing.get("critic", 0.0) + time.perf_counter() - t0
         return stats
 
     def _update_critic(self, batch: TrainBatch) -> dict[str, float]:
         c = self.config
         old_values, returns = self._values, self._returns
         total_tokens = float(batch.completion_mask.sum())
+        splits = self._critic_micro_batch_rows(batch)
+        micro = [batch.select(rows).to(self.policy.device) for rows in splits[self.world.rank :: self.world.world_size]]
         for _ in range(c.num_iterations):
             sums: dict[str, float] = {}  # statistics of the last pass
             self.critic_optimizer.zero_grad(set_to_none=True)
-            chunks = torch.arange(batch.size).split(c.micro_batch_size)
-            for rows in chunks[self.world.rank :: self.world.world_size]:  # data parallel, as the policy
-                mb = batch.select(rows)
+            prompts = self._prompt_pass(self.critic, batch, micro)  # each prompt through the critic once a pass
+            for rows, mb in zip(splits[self.world.rank :: self.world.world_size], micro):  # data parallel
                 width = mb.completion_width
-                values = self.critic(mb)  # [m, C]
+                values = self._predict_values(mb, prompts)  # [m, C]
                 loss, part = value_loss(values, old_values[rows, :width].to(values.device),
                                         returns[rows, :width].to(values.device), mb.completion_mask.to(values.device),
                                         clip=c.value_clip)
@@ -142,6 +174,9 @@ class PPOTrainer(GRPOTrainer):
                 (loss * share).backward()  # the token mean over the whole batch
                 for k, v in part.items():
                     sums[k] = sums.get(k, 0.0) + v * share
+            if prompts is not None:
+                prompts.backward()  # the micro-batches' gradients through the prompts, once
+                del prompts
             sums = self.world.sum(sums)
             self.world.all_reduce_gradients([p for p in self.critic.parameters() if p.requires_grad])
             limit = c.max_grad_norm if c.max_grad_norm > 0 else float("inf")
@@ -153,6 +188,15 @@ class PPOTrainer(GRPOTrainer):
         sums.update(value_mean=float((old_values * mask).sum() / count), value_grad_norm=norm,
                     return_mean=float((returns * mask).sum() / count))
         return sums
+
+    def _critic_micro_batch_rows(self, batch: TrainBatch) -> list[torch.Tensor]:
+        """The rows the critic learns from (those with completion tokens), in micro-batches; longest first when
+        the prompts run once per pass, so a micro-batch pads little."""
+        lengths = batch.completion_mask.sum(dim=1)
+        rows = (lengths > 0).nonzero().flatten()
+        if self._shares_prefix():
+            rows = rows[lengths[rows].argsort(descending=True, stable=True)]
+        return list(rows.split(self.config.micro_batch_size))
 
     # --- the run core's hooks --------------------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:

@@ -124,6 +124,62 @@ def test_ppo_takes_the_policys_side_of_the_kl_in_the_reward_from_the_decode_loop
             assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-6), key
 
 
+def test_the_critic_runs_each_prompt_once_with_the_values_and_gradients_of_whole_sequences(tmp_path):
+    """The critic scores and learns through the trainer's prompt pass (the shared start of the prompts once, each
+    prompt's rest once, the completions from their cache): the values and gradients of running every row's whole
+    sequence through it, for far fewer tokens."""
+    import copy
+    import functools
+
+    from aha.algorithms import value_loss
+    from aha.types import build_train_batch
+
+    trainer = make(tmp_path, algorithm="ppo", micro_batch_size=2, group_size=3, max_grad_norm=0, value_clip=0.2)
+    lengths = [5, 1, 3, 4, 2, 6]
+    system = list(range(20, 29))  # the 9 tokens both prompts start with
+    batch = build_train_batch([system + [7]] * 3 + [system + [9, 4]] * 3, [[10 + i] * n for i, n in enumerate(lengths)],
+                              torch.zeros(6), pad_id=2, group_size=3)
+    mask, p = batch.completion_mask, batch.prompt_width
+    critic = trainer.critic
+    torch.manual_seed(0)
+    with torch.no_grad():  # a zero head values everything 0: give it a direction
+        critic.head.weight.normal_()
+        critic.head.bias.fill_(0.1)
+    reference = copy.deepcopy(critic)
+
+    def whole_sequences(model):  # the plain critic: every row's prompt and completion through the body
+        hidden = model.body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                            position_ids=batch.position_ids).last_hidden_state
+        return model.head(hidden[:, p - 1 : p - 1 + batch.completion_width]).squeeze(-1) * mask
+
+    tokens = []
+    forward = critic.body.forward
+
+    @functools.wraps(forward)
+    def counting(*args, _inner=forward, **kwargs):
+        tokens.append(kwargs["input_ids"].numel())
+        return _inner(*args, **kwargs)
+
+    critic.body.forward = counting
+    values = trainer._critic_values(batch)
+    with torch.no_grad():
+        expected = whole_sequences(reference)
+    assert torch.allclose(values, expected, atol=1e-5) and expected.abs().max() > 0.1
+    # the shared 9 tokens once, the rests [7] and [9, 4] left-padded to 2 (4), and the completions less their last
+    # token in length-sorted pairs 6 5 | 4 3 | 2 1 (2 x 5 + 2 x 3 + 2 x 1): 31 tokens against 6 x (11 + 6) = 102
+    assert sum(tokens) == 31
+
+    returns = (values + torch.linspace(-1, 1, values.numel()).view_as(values)) * mask
+    loss, _ = value_loss(whole_sequences(reference), values, returns, mask, clip=0.2)
+    loss.backward()
+    trainer._values, trainer._returns = values, returns
+    trainer._update_critic(batch)
+    for (name, mine), theirs in zip(critic.named_parameters(), reference.parameters()):
+        assert mine.grad is not None and theirs.grad is not None, name
+        a, b = mine.grad.to_dense(), theirs.grad.to_dense()
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max() and b.abs().max() > 0, name  # float32 sums, reordered
+
+
 class SteppedTask(RecordsTask):
     """A task that judges reasoning steps: a step ends at every '+' the completion writes, worth 1."""
 
