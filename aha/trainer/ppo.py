@@ -22,7 +22,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from aha.algorithms import compute_gae, value_loss
 from aha.models import cache_keyword, output_cache
-from aha.trainer.core import adamw
+from aha.trainer.core import Policy, adamw
 from aha.trainer.forward import PromptPass, completion_logits
 from aha.trainer.grpo import GRPOTrainer, Rollouts
 from aha.types import TrainBatch
@@ -66,19 +66,24 @@ class PPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         self.critic: ValueModel | None = None
         self.critic_optimizer: torch.optim.Optimizer | None = None
+        self.critic_learner: Policy | None = None  # the critic with its optimiser: zero_grad and step as the policy's
 
     @classmethod
     def from_config(cls, config, *, task=None, console=None) -> "PPOTrainer":
         trainer = super().from_config(config, task=task, console=console)
-        from aha.models import accumulate_weight_gradients, load_model
+        from aha.models import accumulate_weight_gradients, load_model, sparse_embedding_gradients
         from aha.trainer.preflight import check_model
 
         source = check_model(config)
         body, _ = load_model(source, dtype=config.dtype, device=config.device, seed=config.seed,
                              tokenizer=trainer.policy.tokenizer)
         trainer.critic = ValueModel(body).to(trainer.policy.device)
+        sparse_embedding_gradients(trainer.critic.body)  # the rows of the tokens seen, made dense before the step
         accumulate_weight_gradients(trainer.critic)  # micro-batch weight gradients added in place
-        trainer.critic_optimizer = adamw(list(trainer.critic.parameters()), config.value_learning_rate, config)
+        optimizer = adamw(list(trainer.critic.parameters()), config.value_learning_rate, config)
+        trainer.critic_optimizer = optimizer
+        constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)  # value_learning_rate throughout
+        trainer.critic_learner = Policy(trainer.critic, trainer.policy.tokenizer, optimizer, constant)
         return trainer
 
     # --- advantages from the critic ------------------------------------------------------------------
@@ -162,7 +167,7 @@ class PPOTrainer(GRPOTrainer):
         micro = [batch.select(rows).to(self.policy.device) for rows in splits[self.world.rank :: self.world.world_size]]
         for _ in range(c.num_iterations):
             sums: dict[str, float] = {}  # statistics of the last pass
-            self.critic_optimizer.zero_grad(set_to_none=True)
+            self.critic_learner.zero_grad()
             prompts = self._prompt_pass(self.critic, batch, micro)  # each prompt through the critic once a pass
             for rows, mb in zip(splits[self.world.rank :: self.world.world_size], micro):  # data parallel
                 width = mb.completion_width
@@ -178,11 +183,9 @@ class PPOTrainer(GRPOTrainer):
                 prompts.backward()  # the micro-batches' gradients through the prompts, once
                 del prompts
             sums = self.world.sum(sums)
-            self.world.all_reduce_gradients([p for p in self.critic.parameters() if p.requires_grad])
-            limit = c.max_grad_norm if c.max_grad_norm > 0 else float("inf")
-            norm = float(torch.nn.utils.clip_grad_norm_(self.critic.parameters(), limit))
-            if norm == norm and norm != float("inf"):
-                self.critic_optimizer.step()
+            # summed over ranks, clipped; a non-finite one skips the update; dropped after the step, so the
+            # critic holds no gradients while the next rollouts are sampled and the policy trains
+            norm = self.critic_learner.step(c.max_grad_norm, loss=sums.get("value_loss"))
         mask = batch.completion_mask
         count = mask.sum().clamp(min=1)
         sums.update(value_mean=float((old_values * mask).sum() / count), value_grad_norm=norm,
