@@ -246,9 +246,7 @@ class GRPOTrainer(Trainer):
         if self._sampled_logprobs_are_the_policys() and batch.engine_logprobs is not None:
             students = [mb.engine_logprobs for mb in micro]  # the decode loop's, of the tokens it drew
         else:
-            student_prompts = self._prompt_pass(self.model, batch, micro)  # each model's prompts once, not per mb
-            students = [self._logprobs(self.model, mb, student_prompts) for mb in micro]
-            del student_prompts  # its KV cache, before the teacher's is made
+            students = self._scored(self.model, batch, micro)  # its prompt cache freed before the teacher's is made
         teacher_prompts = self._prompt_pass(self.teacher, batch, micro)
         gap = torch.zeros_like(batch.completion_mask)  # [N, C]
         for rows, mb, student in zip(splits, micro, students):
@@ -417,25 +415,28 @@ class GRPOTrainer(Trainer):
     @torch.no_grad()
     def _fill_reference_logprobs(self, batch: TrainBatch, micro: list[TrainBatch]) -> None:
         c = self.config
-
-        def logprobs(model: torch.nn.Module) -> list[torch.Tensor]:
-            prompts = self._prompt_pass(model, batch, micro)
-            return [self._logprobs(model, mb, prompts) for mb in micro]
-
         if self._sampled_logprobs_are_the_policys() and all(mb.engine_logprobs is not None for mb in micro):
             for mb in micro:  # the decode loop's: the sampling policy's own (else old = current, in the loss)
                 mb.old_logprobs = mb.engine_logprobs if c.num_iterations > 1 else None
         elif c.num_iterations > 1 or (c.engine_ratio_cap > 0 and any(mb.engine_logprobs is not None for mb in micro)):
-            for mb, old in zip(micro, logprobs(self.model)):  # else old = current, detached, in the loss
+            for mb, old in zip(micro, self._scored(self.model, batch, micro)):  # else old = current, detached
                 mb.old_logprobs = old
         if self.loss_beta > 0:
-            if self.reference is not None:
-                ref = logprobs(self.reference)
-            else:  # LoRA: the reference is the base model, i.e. the policy with adapters off
-                with self.model.disable_adapter():
-                    ref = logprobs(self.model)
-            for mb, r in zip(micro, ref):
+            for mb, r in zip(micro, self._reference_logprobs(batch, micro)):
                 mb.ref_logprobs = r
+
+    def _scored(self, model: torch.nn.Module, batch: TrainBatch, micro: list[TrainBatch]) -> list[torch.Tensor]:
+        """``model``'s log-probs ``[m, C]`` of each micro-batch's completion tokens, the prompts run once for all."""
+        prompts = self._prompt_pass(model, batch, micro)
+        return [self._logprobs(model, mb, prompts) for mb in micro]
+
+    def _reference_logprobs(self, batch: TrainBatch, micro: list[TrainBatch]) -> list[torch.Tensor]:
+        """The reference model's log-probs of each micro-batch's completion tokens (with LoRA, the base model:
+        the policy with its adapters off)."""
+        if self.reference is not None:
+            return self._scored(self.reference, batch, micro)
+        with self.model.disable_adapter():
+            return self._scored(self.model, batch, micro)
 
     def _prompt_pass(self, model: torch.nn.Module, batch: TrainBatch, micro: list[TrainBatch]) -> PromptPass | None:
         """Every prompt the micro-batches use through ``model`` once, when prompts are shared (else None)."""

@@ -45,10 +45,9 @@ class ValueModel(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache=None, use_cache: bool = False,
-                logits_to_keep: int = 0, past_key_values=None) -> CausalLMOutputWithPast:
+                logits_to_keep: int = 0) -> CausalLMOutputWithPast:
         """V(s_t) at every position (the state: the tokens up to it) — of the last ``logits_to_keep`` positions when
         given — as ``logits`` ``[b, t, 1]``, and the cache with ``use_cache``."""
-        cache = cache if cache is not None else past_key_values
         out = self.body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                         use_cache=use_cache, **({cache_keyword(self.body): cache} if cache is not None else {}))
         hidden = out.last_hidden_state
@@ -131,17 +130,8 @@ class PPOTrainer(GRPOTrainer):
         if self._sampled_logprobs_are_the_policys() and all(mb.engine_logprobs is not None for mb in micro):
             policy = [mb.engine_logprobs for mb in micro]  # the decode loop's, of the tokens it drew
         else:
-            prompts = self._prompt_pass(self.model, batch, micro)
-            policy = [self._logprobs(self.model, mb, prompts) for mb in micro]
-            del prompts
-        if self.reference is not None:
-            prompts = self._prompt_pass(self.reference, batch, micro)
-            reference = [self._logprobs(self.reference, mb, prompts) for mb in micro]
-        else:  # LoRA: the reference is the base model
-            with self.model.disable_adapter():
-                prompts = self._prompt_pass(self.model, batch, micro)
-                reference = [self._logprobs(self.model, mb, prompts) for mb in micro]
-        del prompts
+            policy = self._scored(self.model, batch, micro)
+        reference = self._reference_logprobs(batch, micro)
         for rows, mb, mine, ref in zip(splits, micro, policy, reference):
             kl[rows, : mb.completion_width] = (mine.to(ref.device) - ref).cpu() * mb.completion_mask.cpu()
         return kl
@@ -163,13 +153,14 @@ class PPOTrainer(GRPOTrainer):
         c = self.config
         old_values, returns = self._values, self._returns
         total_tokens = float(batch.completion_mask.sum())
-        splits = self._critic_micro_batch_rows(batch)
-        micro = [batch.select(rows).to(self.policy.device) for rows in splits[self.world.rank :: self.world.world_size]]
+        splits, micro = self._scoring_micro_batches(batch)
+        mine = slice(self.world.rank, None, self.world.world_size)  # data parallel: micro-batch i on rank i mod N
+        splits, micro = splits[mine], micro[mine]
         for _ in range(c.num_iterations):
             sums: dict[str, float] = {}  # statistics of the last pass
             self.critic_learner.zero_grad()
             prompts = self._prompt_pass(self.critic, batch, micro)  # each prompt through the critic once a pass
-            for rows, mb in zip(splits[self.world.rank :: self.world.world_size], micro):  # data parallel
+            for rows, mb in zip(splits, micro):
                 width = mb.completion_width
                 values = self._predict_values(mb, prompts)  # [m, C]
                 loss, part = value_loss(values, old_values[rows, :width].to(values.device),
@@ -191,15 +182,6 @@ class PPOTrainer(GRPOTrainer):
         sums.update(value_mean=float((old_values * mask).sum() / count), value_grad_norm=norm,
                     return_mean=float((returns * mask).sum() / count))
         return sums
-
-    def _critic_micro_batch_rows(self, batch: TrainBatch) -> list[torch.Tensor]:
-        """The rows the critic learns from (those with completion tokens), in micro-batches; longest first when
-        the prompts run once per pass, so a micro-batch pads little."""
-        lengths = batch.completion_mask.sum(dim=1)
-        rows = (lengths > 0).nonzero().flatten()
-        if self._shares_prefix():
-            rows = rows[lengths[rows].argsort(descending=True, stable=True)]
-        return list(rows.split(self.config.micro_batch_size))
 
     # --- the run core's hooks --------------------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:
