@@ -261,7 +261,7 @@ class GRPOTrainer(Trainer):
         return {"teacher_reverse_kl": reverse_kl}
 
     def _scoring_micro_batches(self, batch: TrainBatch) -> tuple[list[torch.Tensor], list[TrainBatch]]:
-        """Every row of ``batch`` in micro-batches to score without gradients (teacher, reference, critic): the
+        """Every row of ``batch`` in micro-batches (the teacher's, the reference's and the critic's passes): the
         rows of each, and the micro-batches on the policy's device. With the prompts run once per model
         (:class:`PromptPass`) the rows are sorted by completion length, so a micro-batch pads little."""
         order = torch.arange(batch.size)
