@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
 from aha.config.sections import DEFAULT_MODEL
 from aha.models.attention import grouped_query_attention
@@ -459,6 +459,33 @@ def cache_keyword(model: torch.nn.Module) -> str:
 def output_cache(output):
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
+
+
+def reusable_cache(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s KV cache is transformers' ``DynamicCache`` of attention layers (full or sliding-window)
+    alone, which the project's loops reuse beyond ``generate``'s own use: run a prompt once and continue its
+    rows from copies (prompt sharing in training), repeat it for a group's samples, drop rows as they end.
+    Hybrid models keep other state per layer (LFM2's convolutions, Qwen3-Next's linear attention, Falcon-H1's
+    Mamba blocks), which those steps do not know how to copy or cut: they generate with ``transformers.generate``
+    and train on whole sequences. Found once per model by a one-token forward (no gradient, the random state
+    left as it was)."""
+    known = model.__dict__.get("_aha_reusable_cache")
+    if known is not None:
+        return known
+    was_training = model.training
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+            model.eval()
+            cache = output_cache(model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device),
+                                       use_cache=True))
+    finally:
+        model.train(was_training)
+    layers = getattr(cache, "layers", None)
+    reusable = isinstance(cache, DynamicCache) and bool(layers) and all(
+        type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
+    model.__dict__["_aha_reusable_cache"] = reusable
+    return reusable
 
 
 class ReservedLayer(DynamicLayer):

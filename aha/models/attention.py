@@ -135,11 +135,13 @@ class SharedPrefix:
     @staticmethod
     def supports(model: torch.nn.Module, cache) -> bool:
         """Whether ``model`` decodes through :func:`_sdpa_gqa_attention` on CPU and ``cache`` is plain
-        full-attention layers (no sliding window, no quantisation)."""
+        full-attention layers (no sliding window, no quantisation) whose keys and values are as wide (CPU flash
+        attention's condition; multi-head latent attention's keys are wider)."""
         config = getattr(model, "config", None)
         layers = getattr(cache, "layers", None)
         return (getattr(config, "_attn_implementation", None) == GQA_ATTENTION and bool(layers)
                 and all(type(layer) is DynamicLayer and layer.is_initialized and layer.keys.dim() == 4
+                        and layer.keys.shape[-1] == layer.values.shape[-1]  # not MLA's wider keys
                         and layer.keys.device.type == "cpu" for layer in layers))
 
     def _index(self) -> None:
@@ -202,3 +204,20 @@ def grouped_query_attention(model: torch.nn.Module) -> bool:
         AttentionMaskInterface.register(GQA_ATTENTION, sdpa_mask)
     model.set_attn_implementation(GQA_ATTENTION)
     return model.config._attn_implementation == GQA_ATTENTION
+
+
+def windowed_attention(model: torch.nn.Module) -> bool:
+    """Whether some attention layer of ``model`` sees only a window of the columns before a query (sliding-window
+    or chunked attention: Mistral, Gemma 2 and 3, Qwen2 with ``use_sliding_window``, gpt-oss, Llama 4). Such a
+    window counts padding columns, so a prompt laid out as [shared prefix][left padding][rest] (the system prompt
+    computed once for every row) would see fewer of its own tokens than alone: on those models the shared prefix
+    stays in each row, and the rows are left-padded as a whole."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return False
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    types = getattr(config, "layer_types", None)
+    if types:
+        return any(kind in ("sliding_attention", "chunked_attention") for kind in types)
+    return getattr(config, "sliding_window", None) is not None or getattr(config, "attention_chunk_size", None) is not None

@@ -25,8 +25,8 @@ from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedModel,
                           TopPLogitsWarper)
 
 from aha.models import (ONEDNN_LINEAR, AccumulatingLinear, cache_keyword, output_cache, packs_for_decoding,
-                        prefix_cache as shared_cache, reserve_cache)
-from aha.models.attention import SHARED_PREFIX_KEYWORD, SharedPrefix
+                        prefix_cache as shared_cache, reserve_cache, reusable_cache)
+from aha.models.attention import SHARED_PREFIX_KEYWORD, SharedPrefix, windowed_attention
 from aha.rollout.base import Generation, SamplingParams, end_token_ids, pad_token_id
 from aha.utils.memory import release_free_memory
 from aha.utils.sequences import left_pad, shared_prefix_length
@@ -168,7 +168,9 @@ class HFBackend:
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, prefill: str,
                         num_samples: int, seeds: list[int] | None = None) -> list[Generation]:
         device = next(self.model.parameters()).device
-        shared = shared_prefix_length(prompts) if self.decode_loop else 0
+        reuse = reusable_cache(self.model)  # else transformers.generate from the prompts, as they are
+        loop = self.decode_loop and reuse
+        shared = shared_prefix_length(prompts) if loop and not windowed_attention(self.model) else 0
         if shared:  # [shared prefix][left padding][rest of the prompt]: the prefix is computed once for all
             rest_ids, rest_mask = left_pad([p[shared:] for p in prompts], self.pad_id, device)
             prefix_ids = torch.tensor([prompts[0][:shared]], dtype=torch.long, device=device)  # [1, shared]
@@ -178,7 +180,7 @@ class HFBackend:
             input_ids, attention_mask = left_pad(prompts, self.pad_id, device)
         width = input_ids.shape[1]
         prefix_cache = shared_prompts = None
-        if width > 1 and (num_samples > 1 or self.decode_loop):
+        if width > 1 and reuse and (num_samples > 1 or loop):
             # Run the prompts (all but their last token) once; their samples share the cache or get a copy each.
             positions = (attention_mask[:, :-1].cumsum(1) - 1).clamp(min=0)
             inputs = {}
@@ -189,7 +191,7 @@ class HFBackend:
                 prefix = self.model(input_ids=input_ids[:, shared:-1], attention_mask=attention_mask[:, :-1],
                                     position_ids=positions[:, shared:], use_cache=True, logits_to_keep=1, **inputs)
                 prefix_cache = output_cache(prefix)
-            if num_samples > 1 and self.decode_loop and SharedPrefix.supports(self.model, prefix_cache):
+            if num_samples > 1 and loop and SharedPrefix.supports(self.model, prefix_cache):
                 # the samples of a prompt read its cache once (cascade attention), not a copy each
                 rows = torch.arange(len(prompts), device=device).repeat_interleave(num_samples)
                 shared_prompts = SharedPrefix(prefix_cache, attention_mask[:, :-1], rows)
@@ -198,7 +200,7 @@ class HFBackend:
                 prefix_cache.batch_repeat_interleave(num_samples)
         input_ids = input_ids.repeat_interleave(num_samples, dim=0)
         attention_mask = attention_mask.repeat_interleave(num_samples, dim=0)
-        if self.decode_loop:
+        if loop:
             return self._decode(input_ids, attention_mask, prefix_cache, params, prefill, seeds, shared_prompts)
         return self._generate(input_ids, attention_mask, prefix_cache, params, prefill, seeds)
 

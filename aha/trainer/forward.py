@@ -10,7 +10,8 @@ import copy
 
 import torch
 
-from aha.models import cache_keyword, output_cache, prefix_cache
+from aha.models import cache_keyword, output_cache, prefix_cache, reusable_cache
+from aha.models.attention import windowed_attention
 from aha.types import TrainBatch
 from aha.utils.sequences import left_pad, shared_prefix_length
 
@@ -19,7 +20,7 @@ def completion_logits(model: torch.nn.Module, mb: TrainBatch, *, share_prefix: b
     """Logits [m, C, V] at the positions that predict completion tokens (the sampling temperature is applied
     by ``aha.algorithms.token_logprobs``)."""
     device = next(model.parameters()).device
-    if share_prefix and mb.prompt_width > 0:
+    if share_prefix and mb.prompt_width > 0 and reusable_cache(model):
         logits = _shared_prefix_logits(model, mb, device)
     else:
         out = model(input_ids=mb.input_ids.to(device), attention_mask=mb.attention_mask.to(device),
@@ -60,7 +61,7 @@ def _prompt_pass(model: torch.nn.Module, mb: TrainBatch, first_row: torch.Tensor
     p = mb.prompt_width
     ids, mask = mb.input_ids[first_row, :p], mb.attention_mask[first_row, :p]
     prompts = prompt_tokens(mb, first_row)
-    shared = shared_prefix_length(prompts)
+    shared = 0 if windowed_attention(model) else shared_prefix_length(prompts)
     if not shared:
         out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                     position_ids=mb.position_ids[first_row, :p].to(device), use_cache=True, logits_to_keep=1)

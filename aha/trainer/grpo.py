@@ -28,7 +28,8 @@ from aha.data.prompts import PromptBuilder
 from aha.data.tasks import Task
 from aha.eval.grading import grade_spec
 from aha.eval.heldout import evaluate_heldout
-from aha.models import is_peft
+from aha.models import is_peft, reusable_cache
+from aha.models.attention import windowed_attention
 from aha.rewards import RewardTerm, follows_format, score
 from aha.rollout import Generation, GenerationBackend, HFBackend, SamplingParams
 from aha.run import RunLayout, ShardedBackend, current_world, open_run_dir
@@ -375,7 +376,7 @@ class GRPOTrainer(Trainer):
             return float(sum(prompt_lengths[r].sum() for r in rows))
         groups = sorted({int(g) for r in rows for g in batch.group_ids[r]})
         prompts = prompt_tokens(batch, torch.tensor([int((batch.group_ids == g).nonzero()[0]) for g in groups]))
-        shared = shared_prefix_length(prompts)
+        shared = 0 if windowed_attention(self.policy.model) else shared_prefix_length(prompts)
         return float(shared + sum(len(q) - shared for q in prompts))
 
     def _sampled_logprobs_are_the_policys(self) -> bool:
@@ -396,7 +397,8 @@ class GRPOTrainer(Trainer):
     def _shares_prefix(self) -> bool:
         # a sharded model's backward reaches a block only through its output, not through the KV cache it
         # wrote, so prompts shared through the cache would miss FSDP's gather before the block's backward
-        return self.config.share_prompt_prefix and not self.config.gradient_checkpointing and not self.policy.sharded
+        return (self.config.share_prompt_prefix and not self.config.gradient_checkpointing and not self.policy.sharded
+                and reusable_cache(self.model))
 
     def _logprobs(self, model: torch.nn.Module, mb: TrainBatch, prompts: PromptPass | None = None,
                   entropy: bool = False, entropy_grad: bool = False):
@@ -440,7 +442,7 @@ class GRPOTrainer(Trainer):
 
     def _prompt_pass(self, model: torch.nn.Module, batch: TrainBatch, micro: list[TrainBatch]) -> PromptPass | None:
         """Every prompt the micro-batches use through ``model`` once, when prompts are shared (else None)."""
-        if not self._shares_prefix() or not micro:
+        if not self._shares_prefix() or not micro or not reusable_cache(model):
             return None
         return PromptPass(model, batch, sorted({int(g) for mb in micro for g in mb.group_ids}))
 

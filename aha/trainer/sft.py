@@ -26,6 +26,8 @@ from aha.config.sft import SFTConfig
 from aha.data.conversations import SFTExample, load_examples, parse_row
 from aha.data.prompts import PromptBuilder
 from aha.data.readers import DataError, read_rows
+from aha.models import reusable_cache
+from aha.models.attention import windowed_attention
 from aha.rollout.base import pad_token_id
 from aha.run import RunLayout, open_run_dir
 from aha.run.sharding import is_sharded, pad_to_equal
@@ -100,7 +102,8 @@ def response_logits(model: torch.nn.Module, batch: TokenBatch) -> tuple[torch.Te
     the micro-batch and the rows continue from their cache."""
     device = next(model.parameters()).device
     # a sharded model's backward reaches a block only through its output, not a cache it wrote: no sharing
-    shared = 0 if is_sharded(model) else shared_context_length(batch)
+    shared = 0 if is_sharded(model) or windowed_attention(model) or not reusable_cache(model) \
+        else shared_context_length(batch)
     if shared:
         batch, inputs = _continue_after_shared(model, batch, shared, device)
     else:

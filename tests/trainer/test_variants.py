@@ -153,6 +153,9 @@ def test_the_critic_runs_each_prompt_once_with_the_values_and_gradients_of_whole
                             position_ids=batch.position_ids).last_hidden_state
         return model.head(hidden[:, p - 1 : p - 1 + batch.completion_width]).squeeze(-1) * mask
 
+    from aha.models import reusable_cache
+
+    assert reusable_cache(critic)  # its one-token probe of the cache's kind, once per model, before the count
     tokens = []
     forward = critic.body.forward
 
