@@ -148,7 +148,7 @@ def tiny_model(arch: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0, hid
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model
+    return model.eval()  # as from_pretrained leaves a loaded model
 
 
 TINY_ARCHITECTURES = ("llama", "qwen2")

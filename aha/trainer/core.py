@@ -166,12 +166,13 @@ def build_policy(config, total_optimizer_steps: int, model_source: str | None = 
     from transformers import get_scheduler
 
     from aha.models import accumulate_weight_gradients, apply_lora, load_model, sparse_embedding_gradients
+    from aha.models.checkpointing import enable_checkpointing
 
     transformers.utils.logging.disable_progress_bar()
     model, tokenizer = load_model(model_source or config.model, dtype=config.dtype, device=config.device,
                                   seed=config.seed)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        enable_checkpointing(model)
         model.config.use_cache = False
     if config.lora_rank > 0:
         model = apply_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout)

@@ -12,6 +12,7 @@ import torch
 
 from aha.models import cache_keyword, output_cache, prefix_cache, reusable_cache
 from aha.models.attention import windowed_attention
+from aha.models.checkpointing import checkpointed_layers
 from aha.types import TrainBatch
 from aha.utils.sequences import left_pad, shared_prefix_length
 
@@ -23,8 +24,10 @@ def completion_logits(model: torch.nn.Module, mb: TrainBatch, *, share_prefix: b
     if share_prefix and mb.prompt_width > 0 and reusable_cache(model):
         logits = _shared_prefix_logits(model, mb, device)
     else:
-        out = model(input_ids=mb.input_ids.to(device), attention_mask=mb.attention_mask.to(device),
-                    position_ids=mb.position_ids.to(device), logits_to_keep=mb.completion_width + 1, use_cache=False)
+        with checkpointed_layers(model):  # with gradient_checkpointing: the layers run again in the backward
+            out = model(input_ids=mb.input_ids.to(device), attention_mask=mb.attention_mask.to(device),
+                        position_ids=mb.position_ids.to(device), logits_to_keep=mb.completion_width + 1,
+                        use_cache=False)
         logits = out.logits[:, :-1, :]
     return logits
 

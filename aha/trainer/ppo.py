@@ -71,11 +71,14 @@ class PPOTrainer(GRPOTrainer):
     def from_config(cls, config, *, task=None, console=None) -> "PPOTrainer":
         trainer = super().from_config(config, task=task, console=console)
         from aha.models import accumulate_weight_gradients, load_model, sparse_embedding_gradients
+        from aha.models.checkpointing import enable_checkpointing
         from aha.trainer.preflight import check_model
 
         source = check_model(config)
         body, _ = load_model(source, dtype=config.dtype, device=config.device, seed=config.seed,
                              tokenizer=trainer.policy.tokenizer)
+        if config.gradient_checkpointing:
+            enable_checkpointing(body)
         trainer.critic = ValueModel(body).to(trainer.policy.device)
         sparse_embedding_gradients(trainer.critic.body)  # the rows of the tokens seen, made dense before the step
         accumulate_weight_gradients(trainer.critic)  # micro-batch weight gradients added in place

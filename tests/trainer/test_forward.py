@@ -103,3 +103,48 @@ def test_prompts_computed_once_per_pass_give_the_per_micro_batch_gradients(syste
     assert len(forwards) == prompt_forwards + len(micro)  # not again for the prompts' backward
     for name, param in model.named_parameters():
         assert torch.allclose(param.grad, plain[name], atol=1e-5), name
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_gradient_checkpointing_recomputes_the_layers_of_a_policy_in_evaluation_mode(lora):
+    """A loaded model is in evaluation mode (no dropout: the training forward computes what sampling did), where
+    transformers checkpoints no layer; the trainers' forward turns the checkpointed layers on for its own pass:
+    each layer runs again in the backward pass, with the gradients of the plain pass, and is left as it was."""
+    from aha.models import apply_lora
+    from aha.models.checkpointing import enable_checkpointing
+
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 90, (n,), generator=g).tolist() for n in (7, 4)]
+    completions = [torch.randint(3, 90, (n,), generator=g).tolist() for n in (3, 5, 2, 6)]
+    batch = build_train_batch([p for p in prompts for _ in range(2)], completions, torch.zeros(4), pad_id=2,
+                              group_size=2)
+    results = []
+    for checkpointing in (False, True):
+        model, _ = load_model("tiny:llama", seed=1)
+        assert not model.training  # as from_pretrained leaves it
+        if checkpointing:
+            enable_checkpointing(model)
+        if lora:
+            torch.manual_seed(0)
+            model = apply_lora(model, rank=4, alpha=8)
+        layers = model.get_base_model().model.layers if lora else model.model.layers
+        calls, mlp = [], layers[0].mlp
+        plain_forward = mlp.forward
+
+        def counted(*args, **kwargs):  # (the recomputation runs no module hooks: the call itself is counted)
+            calls.append(1)
+            return plain_forward(*args, **kwargs)
+
+        mlp.forward = counted
+        modes = [m.training for m in model.modules()]
+        logits = completion_logits(model, batch, share_prefix=False)
+        forwards = len(calls)
+        (logits.logsumexp(-1) * batch.completion_mask).sum().backward()
+        mlp.forward = plain_forward
+        assert (forwards, len(calls)) == ((1, 2) if checkpointing else (1, 1))  # again in the backward
+        assert [m.training for m in model.modules()] == modes and not layers[0].training
+        results.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    plain, checkpointed = results
+    assert plain.keys() == checkpointed.keys() and len(plain) > 0
+    for name, grad in plain.items():
+        assert torch.allclose(checkpointed[name], grad, atol=1e-6), name
