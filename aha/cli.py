@@ -475,12 +475,31 @@ def _add_traces(sub) -> None:
     sample.set_defaults(func=_sample)
 
 
+def _with_tcmalloc() -> None:
+    """Replace this process by the same command with tcmalloc preloaded (``aha.utils.memory.tcmalloc_environment``:
+    a shorter step and a lower peak); nothing when it is not installed or ``AHA_ALLOCATOR=system``."""
+    import os
+
+    from aha.utils.memory import tcmalloc_environment
+
+    env = tcmalloc_environment()
+    if env is None:
+        return
+    script = sys.argv[0]
+    command = [sys.executable, "-m", "aha"] if script.endswith("__main__.py") else [sys.executable, script]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, command + sys.argv[1:], env)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    if argv is None:  # the command line itself (not a call from Python): run again with tcmalloc where there is one
+        _with_tcmalloc()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

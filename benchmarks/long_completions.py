@@ -3,7 +3,9 @@ pass (``GRPOTrainer.optimise``: the micro-batches' forward-backward and the opti
 completions of a fixed length, per setting, each in a process of its own for its own peak RSS.
 
     .venv/bin/python benchmarks/long_completions.py --lengths 256,1024 --variant "" \\
-        --variant "gradient_checkpointing=true" --repeats 2
+        --variant "gradient_checkpointing=true" --variant "MALLOC_ARENA_MAX=1" --repeats 2
+
+A setting in capitals is an environment variable of its process (``MALLOC_ARENA_MAX=1``).
 
 The batch: the default recipe's first step's prompts (8 prompts, 8 rows each), every completion ``length`` random
 tokens, advantages alternating +1 / -1 so every row trains. Prints a Markdown table (the update's time, the best
@@ -31,7 +33,8 @@ def one(variant: str, length: int, passes: int) -> dict:
     from aha.types import build_train_batch
 
     out = Path(os.environ["AHA_BENCH_OUT"])
-    overrides = [f"output_dir={out}", "eval_size=0", "save_steps=0", *variant.split()]
+    settings = [o for o in variant.split() if not o.split("=", 1)[0].isupper()]  # capitals: the environment's
+    overrides = [f"output_dir={out}", "eval_size=0", "save_steps=0", *settings]
     trainer = GRPOTrainer.from_config(load_config(GRPOConfig, overrides=overrides))
     c = trainer.config
     prompt_ids, _ = trainer._tokenize_prompts([e["question"] for e in trainer.task.batch(0, c.prompts_per_step)])
@@ -71,6 +74,7 @@ def main() -> None:
             for i, variant in enumerate(variants):
                 run_dir = out / f"run-{length}-{i}-{repeat}"
                 env = {**os.environ, "AHA_BENCH_OUT": str(run_dir)}
+                env.update(o.split("=", 1) for o in variant.split() if o.split("=", 1)[0].isupper())
                 done = subprocess.run([sys.executable, __file__, "--passes", str(args.passes), "--one", variant,
                                        str(length)], env=env, check=True, capture_output=True, text=True)
                 results.append(json.loads(done.stdout.strip().splitlines()[-1]))
