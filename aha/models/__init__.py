@@ -472,7 +472,7 @@ def reusable_cache(model: torch.nn.Module) -> bool:
     known = model.__dict__.get("_aha_reusable_cache")
     if known is not None:
         return known
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]  # each restored as it was
     device = next(model.parameters()).device
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
@@ -480,7 +480,8 @@ def reusable_cache(model: torch.nn.Module) -> bool:
             cache = output_cache(model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device),
                                        use_cache=True))
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
     layers = getattr(cache, "layers", None)
     reusable = isinstance(cache, DynamicCache) and bool(layers) and all(
         type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
