@@ -220,4 +220,4 @@ def windowed_attention(model: torch.nn.Module) -> bool:
     types = getattr(config, "layer_types", None)
     if types:
         return any(kind in ("sliding_attention", "chunked_attention") for kind in types)
-    return getattr(config, "sliding_window", None) is not None or getattr(config, "attention_chunk_size", None) is not None
+    return any(getattr(config, name, None) is not None for name in ("sliding_window", "attention_chunk_size"))
