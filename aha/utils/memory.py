@@ -43,7 +43,11 @@ def tcmalloc_environment() -> dict[str, str] | None:
     time), as PyTorch's own CPU launcher (``torch.backends.xeon.run_cpu --enable-tcmalloc``) does. None when
     ``AHA_ALLOCATOR=system``, when tcmalloc is not installed (Debian: libtcmalloc-minimal4, which setup.sh
     installs where it can), off Linux, or when it is preloaded already."""
-    if os.environ.get(ALLOCATOR_SETTING, "tcmalloc") != "tcmalloc" or os.environ.get(_CHOSEN):
+    choice = os.environ.get(ALLOCATOR_SETTING, "tcmalloc")
+    if choice not in ("tcmalloc", "system"):
+        print(f"aha: warning: {ALLOCATOR_SETTING}={choice!r} is neither tcmalloc nor system; using the system's",
+              file=sys.stderr)
+    if choice != "tcmalloc" or os.environ.get(_CHOSEN):
         return None
     if not sys.platform.startswith("linux") or "tcmalloc" in os.environ.get("LD_PRELOAD", ""):
         return None

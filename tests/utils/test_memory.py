@@ -3,7 +3,7 @@ import sys
 from aha.utils import memory
 
 
-def test_tcmalloc_is_preloaded_once_where_installed_unless_the_system_allocator_is_asked_for(monkeypatch):
+def test_tcmalloc_is_preloaded_once_where_installed_unless_the_system_allocator_is_asked_for(monkeypatch, capsys):
     monkeypatch.setattr(memory.ctypes.util, "find_library",
                         lambda name: "libtcmalloc_minimal.so.4" if name == "tcmalloc_minimal" else None)
     monkeypatch.delenv("AHA_ALLOCATOR", raising=False)
@@ -16,6 +16,9 @@ def test_tcmalloc_is_preloaded_once_where_installed_unless_the_system_allocator_
     monkeypatch.delenv(memory._CHOSEN)
     monkeypatch.setenv("AHA_ALLOCATOR", "system")
     assert memory.tcmalloc_environment() is None
+    monkeypatch.setenv("AHA_ALLOCATOR", "tcmallocc")  # a misspelling: said, and the system's kept
+    assert memory.tcmalloc_environment() is None
+    assert "AHA_ALLOCATOR='tcmallocc' is neither tcmalloc nor system" in capsys.readouterr().err
     monkeypatch.setenv("AHA_ALLOCATOR", "tcmalloc")
     monkeypatch.setenv("LD_PRELOAD", "/opt/lib/libtcmalloc.so")  # the user's own
     assert memory.tcmalloc_environment() is None
