@@ -11,6 +11,8 @@ import torch
 from transformers import PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
+from aha.utils.sequences import shared_prefix_length
+
 GQA_ATTENTION = "aha_sdpa_gqa"
 
 
@@ -221,3 +223,10 @@ def windowed_attention(model: torch.nn.Module) -> bool:
     if types:
         return any(kind in ("sliding_attention", "chunked_attention") for kind in types)
     return any(getattr(config, name, None) is not None for name in ("sliding_window", "attention_chunk_size"))
+
+
+def system_prompt_length(model: torch.nn.Module, prompts: list[list[int]]) -> int:
+    """Tokens every prompt starts with that may run through ``model`` once for all of them, the rows laid out
+    [shared][left padding][rest] after it (``aha.utils.sequences.shared_prefix_length``); 0 on a model with
+    windowed attention (:func:`windowed_attention`), where that layout is not exact."""
+    return 0 if windowed_attention(model) else shared_prefix_length(prompts)

@@ -26,10 +26,10 @@ from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedModel,
 
 from aha.models import (ONEDNN_LINEAR, AccumulatingLinear, cache_keyword, output_cache, packs_for_decoding,
                         prefix_cache as shared_cache, reserve_cache, reusable_cache)
-from aha.models.attention import SHARED_PREFIX_KEYWORD, SharedPrefix, windowed_attention
+from aha.models.attention import SHARED_PREFIX_KEYWORD, SharedPrefix, system_prompt_length
 from aha.rollout.base import Generation, SamplingParams, end_token_ids, pad_token_id
 from aha.utils.memory import release_free_memory
-from aha.utils.sequences import left_pad, shared_prefix_length
+from aha.utils.sequences import left_pad
 
 
 class _TokenLogprobs(LogitsProcessor):
@@ -170,7 +170,7 @@ class HFBackend:
         device = next(self.model.parameters()).device
         reuse = reusable_cache(self.model)  # else transformers.generate from the prompts, as they are
         loop = self.decode_loop and reuse
-        shared = shared_prefix_length(prompts) if loop and not windowed_attention(self.model) else 0
+        shared = system_prompt_length(self.model, prompts) if loop else 0
         if shared:  # [shared prefix][left padding][rest of the prompt]: the prefix is computed once for all
             rest_ids, rest_mask = left_pad([p[shared:] for p in prompts], self.pad_id, device)
             prefix_ids = torch.tensor([prompts[0][:shared]], dtype=torch.long, device=device)  # [1, shared]

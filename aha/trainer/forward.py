@@ -11,10 +11,10 @@ import copy
 import torch
 
 from aha.models import cache_keyword, output_cache, prefix_cache, reusable_cache
-from aha.models.attention import windowed_attention
+from aha.models.attention import system_prompt_length
 from aha.models.checkpointing import checkpointed_layers
 from aha.types import TrainBatch
-from aha.utils.sequences import left_pad, shared_prefix_length
+from aha.utils.sequences import left_pad
 
 
 def completion_logits(model: torch.nn.Module, mb: TrainBatch, *, share_prefix: bool = True) -> torch.Tensor:
@@ -64,7 +64,7 @@ def _prompt_pass(model: torch.nn.Module, mb: TrainBatch, first_row: torch.Tensor
     p = mb.prompt_width
     ids, mask = mb.input_ids[first_row, :p], mb.attention_mask[first_row, :p]
     prompts = prompt_tokens(mb, first_row)
-    shared = 0 if windowed_attention(model) else shared_prefix_length(prompts)
+    shared = system_prompt_length(model, prompts)
     if not shared:
         out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
                     position_ids=mb.position_ids[first_row, :p].to(device), use_cache=True, logits_to_keep=1)

@@ -29,7 +29,7 @@ from aha.data.tasks import Task
 from aha.eval.grading import grade_spec
 from aha.eval.heldout import evaluate_heldout
 from aha.models import is_peft, reusable_cache
-from aha.models.attention import windowed_attention
+from aha.models.attention import system_prompt_length
 from aha.rewards import RewardTerm, follows_format, score
 from aha.rollout import Generation, GenerationBackend, HFBackend, SamplingParams
 from aha.run import RunLayout, ShardedBackend, current_world, open_run_dir
@@ -39,7 +39,6 @@ from aha.trainer.forward import PromptPass, completion_logits, prompt_tokens
 from aha.trainer.frozen import load_reference, load_teacher
 from aha.trainer.preflight import Inputs, check_inputs
 from aha.types import TrainBatch, build_train_batch
-from aha.utils.sequences import shared_prefix_length
 from aha.utils.stats import mean, std
 
 
@@ -376,7 +375,7 @@ class GRPOTrainer(Trainer):
             return float(sum(prompt_lengths[r].sum() for r in rows))
         groups = sorted({int(g) for r in rows for g in batch.group_ids[r]})
         prompts = prompt_tokens(batch, torch.tensor([int((batch.group_ids == g).nonzero()[0]) for g in groups]))
-        shared = 0 if windowed_attention(self.policy.model) else shared_prefix_length(prompts)
+        shared = system_prompt_length(self.policy.model, prompts)
         return float(shared + sum(len(q) - shared for q in prompts))
 
     def _sampled_logprobs_are_the_policys(self) -> bool:
