@@ -5,7 +5,8 @@ completions of a fixed length, per setting, each in a process of its own for its
     .venv/bin/python benchmarks/long_completions.py --lengths 256,1024 --variant "" \\
         --variant "gradient_checkpointing=true" --variant "MALLOC_ARENA_MAX=1" --repeats 2
 
-A setting in capitals is an environment variable of its process (``MALLOC_ARENA_MAX=1``).
+A setting in capitals is an environment variable of its process (``MALLOC_ARENA_MAX=1``); ``CHECKOUT=DIR`` runs
+the code of another checkout (``git worktree add DIR COMMIT``), for a side-by-side comparison.
 
 The batch: the default recipe's first step's prompts (8 prompts, 8 rows each), every completion ``length`` random
 tokens, advantages alternating +1 / -1 so every row trains. Prints a Markdown table (the update's time, the best
@@ -73,10 +74,15 @@ def main() -> None:
         for repeat in range(args.repeats):
             for i, variant in enumerate(variants):
                 run_dir = out / f"run-{length}-{i}-{repeat}"
-                env = {**os.environ, "AHA_BENCH_OUT": str(run_dir)}
+                env = {**os.environ, "AHA_BENCH_OUT": str(run_dir.resolve())}
                 env.update(o.split("=", 1) for o in variant.split() if o.split("=", 1)[0].isupper())
-                done = subprocess.run([sys.executable, __file__, "--passes", str(args.passes), "--one", variant,
-                                       str(length)], env=env, check=True, capture_output=True, text=True)
+                checkout = env.pop("CHECKOUT", None)  # another checkout's code (its own copy of this script)
+                if checkout:
+                    env["PYTHONPATH"] = os.pathsep.join([checkout, *filter(None, [env.get("PYTHONPATH")])])
+                script = Path(checkout, "benchmarks", Path(__file__).name) if checkout else Path(__file__)
+                done = subprocess.run([sys.executable, str(script), "--passes", str(args.passes), "--one", variant,
+                                       str(length)], env=env, check=True, capture_output=True, text=True,
+                                      cwd=checkout)
                 results.append(json.loads(done.stdout.strip().splitlines()[-1]))
                 print(f"{length} tokens, {variant or '(default)'}: {results[-1]['seconds']:.1f} s, "
                       f"{results[-1]['peak_rss_gib']:.2f} GiB", file=sys.stderr)

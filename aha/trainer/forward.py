@@ -2,7 +2,9 @@
 completion token. With ``share_prefix`` a group's prompt is computed once and its KV cache reused by
 the group's completions — the same numbers as the plain pass, with the prompt's cost paid once per group
 instead of once per completion (gradients flow back through the shared cache). The tokens every group's
-prompt starts with (the system prompt) are computed once per micro-batch."""
+prompt starts with (the system prompt) are computed once per micro-batch. :func:`completion_logprobs` takes the
+log-probabilities from the last hidden states through the output layer a block of rows at a time
+(``aha.models.output_layer``), where the model allows it, so the micro-batch's logits are never held whole."""
 
 from __future__ import annotations
 
@@ -10,11 +12,35 @@ import copy
 
 import torch
 
+from aha.algorithms import token_logprobs, token_logprobs_and_entropy
 from aha.models import cache_keyword, output_cache, prefix_cache, reusable_cache
 from aha.models.attention import system_prompt_length
 from aha.models.checkpointing import checkpointed_layers
+from aha.models.output_layer import hidden_outputs, linear_token_logprobs, output_layer
 from aha.types import TrainBatch
 from aha.utils.sequences import left_pad
+
+
+def completion_logprobs(model: torch.nn.Module, mb: TrainBatch, *, prompts: PromptPass | None = None,
+                        share_prefix: bool = True, fuse: bool = True, temperature: float = 1.0,
+                        entropy: bool = False, entropy_grad: bool = False):
+    """``model``'s log-probabilities [m, C] of ``mb``'s completion tokens under softmax(logits / temperature) —
+    with ``entropy``, also each position's entropy (differentiable with ``entropy_grad``) — from ``prompts`` (the
+    pass's prompts run once) when given. With ``fuse`` (and ``prompts`` made with it) the output layer and the
+    log-softmax run together a block of rows at a time where the model allows it (``output_layer``): the same
+    numbers without the [m, C, V] logits."""
+    layer = prompts.layer if prompts is not None else output_layer(model) if fuse else None
+    with hidden_outputs(layer):  # the model's "logits" are then its last hidden states
+        if prompts is not None:
+            outputs = prompts.completion_logits(mb)
+        else:
+            outputs = completion_logits(model, mb, share_prefix=share_prefix)
+    labels = mb.completion_ids.to(outputs.device)
+    if layer is not None:
+        return linear_token_logprobs(outputs, layer, labels, temperature, entropy, entropy_grad)
+    if entropy:
+        return token_logprobs_and_entropy(outputs, labels, temperature, entropy_grad)
+    return token_logprobs(outputs, labels, temperature)
 
 
 def completion_logits(model: torch.nn.Module, mb: TrainBatch, *, share_prefix: bool = True) -> torch.Tensor:
@@ -97,12 +123,15 @@ class PromptPass:
         prompts.backward()                               # ... and go on through the prompts, once
     """
 
-    def __init__(self, model: torch.nn.Module, batch: TrainBatch, group_ids: list[int]):
+    def __init__(self, model: torch.nn.Module, batch: TrainBatch, group_ids: list[int], fuse: bool = False):
         self.model = model
         self.device = next(model.parameters()).device
         self.slot = {g: i for i, g in enumerate(group_ids)}
         self.first_row = torch.tensor([int((batch.group_ids == g).nonzero()[0]) for g in group_ids], dtype=torch.long)
-        out, self.mask = _prompt_pass(model, batch, self.first_row, self.device)  # mask: [groups, W]
+        self.layer = output_layer(model) if fuse else None
+        """With ``fuse``, the output layer its results skip (None: they are logits): ``completion_logprobs``."""
+        with hidden_outputs(self.layer):
+            out, self.mask = _prompt_pass(model, batch, self.first_row, self.device)  # mask: [groups, W]
         self.cache = output_cache(out)
         # the results with their graph (None under no_grad), and the detached copies the micro-batches read
         self.outputs: list[torch.Tensor] | None = _outputs(out, self.cache) if torch.is_grad_enabled() else None
@@ -111,7 +140,8 @@ class PromptPass:
         self.layers = [(self.copies[1 + 2 * i], self.copies[2 + 2 * i]) for i in range(len(self.cache.layers))]
 
     def completion_logits(self, mb: TrainBatch) -> torch.Tensor:
-        """Logits [m, C, V] at the positions that predict ``mb``'s completion tokens."""
+        """Logits [m, C, V] at the positions that predict ``mb``'s completion tokens (with :attr:`layer`, the last
+        hidden states [m, C, H] there, when called within ``hidden_outputs(layer)``)."""
         p, c = mb.prompt_width, mb.completion_width
         slots = torch.tensor([self.slot[int(g)] for g in mb.group_ids], dtype=torch.long, device=self.device)
         logits = self.first_logits[slots]  # [m, 1, V]

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from aha.algorithms import compute_advantages, policy_loss, token_logprobs, token_logprobs_and_entropy
+from aha.algorithms import compute_advantages, policy_loss
 from aha.analysis.reflection import ReflectionCounter, rollout_stats
 from aha.config import GRPOConfig
 from aha.data.prompts import PromptBuilder
@@ -35,7 +35,7 @@ from aha.rollout import Generation, GenerationBackend, HFBackend, SamplingParams
 from aha.run import RunLayout, ShardedBackend, current_world, open_run_dir
 from aha.run.sharding import full_weights, pad_to_equal
 from aha.trainer.core import EvalResult, Policy, StepResult, Trainer, build_policy, seed_everything, set_determinism
-from aha.trainer.forward import PromptPass, completion_logits, prompt_tokens
+from aha.trainer.forward import PromptPass, completion_logprobs, prompt_tokens
 from aha.trainer.frozen import load_reference, load_teacher
 from aha.trainer.preflight import Inputs, check_inputs
 from aha.types import TrainBatch, build_train_batch
@@ -250,9 +250,8 @@ class GRPOTrainer(Trainer):
         teacher_prompts = self._prompt_pass(self.teacher, batch, micro)
         gap = torch.zeros_like(batch.completion_mask)  # [N, C]
         for rows, mb, student in zip(splits, micro, students):
-            logits = teacher_prompts.completion_logits(mb) if teacher_prompts is not None else \
-                completion_logits(self.teacher, mb, share_prefix=self._shares_prefix())
-            teacher = token_logprobs(logits, mb.completion_ids.to(logits.device)).to(student.device)  # [m, C]
+            teacher = completion_logprobs(self.teacher, mb, prompts=teacher_prompts,  # [m, C]
+                                          share_prefix=self._shares_prefix()).to(student.device)
             gap[rows, : mb.completion_width] = ((teacher - student) * mb.completion_mask).cpu()
         mask = batch.completion_mask
         outcome = batch.advantages if batch.advantages.dim() == 2 else batch.advantages[:, None] * mask
@@ -404,14 +403,9 @@ class GRPOTrainer(Trainer):
         """``model``'s log-probabilities [m, C] of ``mb``'s completion tokens at the sampling temperature (and
         with ``entropy``, each position's entropy, differentiable with ``entropy_grad``), from ``prompts`` (the
         pass's prompts run once) when given."""
-        if prompts is not None:
-            logits = prompts.completion_logits(mb)
-        else:
-            logits = completion_logits(model, mb, share_prefix=self._shares_prefix())
-        labels = mb.completion_ids.to(logits.device)
-        if entropy:
-            return token_logprobs_and_entropy(logits, labels, self.config.temperature, entropy_grad)
-        return token_logprobs(logits, labels, self.config.temperature)
+        return completion_logprobs(model, mb, prompts=prompts, share_prefix=self._shares_prefix(),
+                                   fuse=not self.policy.sharded, temperature=self.config.temperature,
+                                   entropy=entropy, entropy_grad=entropy_grad)
 
     @torch.no_grad()
     def _fill_reference_logprobs(self, batch: TrainBatch, micro: list[TrainBatch]) -> None:
@@ -443,7 +437,8 @@ class GRPOTrainer(Trainer):
         """Every prompt the micro-batches use through ``model`` once, when prompts are shared (else None)."""
         if not self._shares_prefix() or not micro or not reusable_cache(model):
             return None
-        return PromptPass(model, batch, sorted({int(g) for mb in micro for g in mb.group_ids}))
+        return PromptPass(model, batch, sorted({int(g) for mb in micro for g in mb.group_ids}),
+                          fuse=not self.policy.sharded)
 
     # --- the run core's hooks ----------------------------------------------------------------------
     def evaluate(self, step: int) -> EvalResult | None:

@@ -28,6 +28,7 @@ from aha.data.prompts import PromptBuilder
 from aha.data.readers import DataError, read_rows
 from aha.models import reusable_cache
 from aha.models.attention import windowed_attention
+from aha.models.output_layer import hidden_outputs, linear_token_logprobs, output_layer
 from aha.rollout.base import pad_token_id
 from aha.run import RunLayout, open_run_dir
 from aha.run.sharding import is_sharded, pad_to_equal
@@ -96,10 +97,16 @@ def pack_examples(examples: list[SFTExample], pad_id: int, max_length: int) -> T
 
 
 def response_logits(model: torch.nn.Module, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """The logits that predict every trained token, and those tokens, in row-major order: ``[n, V]``,
+    """The logits that predict every trained token, and those tokens, in row-major order: ``[n, V]`` (fp32),
     ``[n]``. Logits are computed only from the first column that predicts a trained token (``logits_to_keep``).
     When the rows start with the same untrained tokens (a system prompt), those run through the model once for
     the micro-batch and the rows continue from their cache."""
+    outputs, labels = _response_outputs(model, batch)
+    return outputs.float(), labels
+
+
+def _response_outputs(model: torch.nn.Module, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`response_logits` in the model's dtype — or, within ``hidden_outputs``, the last hidden states there."""
     device = next(model.parameters()).device
     # a sharded model's backward reaches a block only through its output, not a cache it wrote: no sharing
     shared = 0 if is_sharded(model) or windowed_attention(model) or not reusable_cache(model) \
@@ -122,7 +129,7 @@ def response_logits(model: torch.nn.Module, batch: TokenBatch) -> tuple[torch.Te
                 position_ids=batch.position_ids.to(device), logits_to_keep=width - first, use_cache=bool(inputs),
                 **inputs)
     keep = predicts[:, first:].to(device)
-    return out.logits[keep].float(), targets[:, first:].to(device)[keep]  # [n, V], [n]
+    return out.logits[keep], targets[:, first:].to(device)[keep]  # [n, V], [n]
 
 
 def shared_context_length(batch: TokenBatch) -> int:
@@ -161,11 +168,17 @@ def _continue_after_shared(model: torch.nn.Module, batch: TokenBatch, shared: in
 
 
 def response_logprobs(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
-    """log p(token | the tokens before it) of every trained token, in row-major order: ``[n]``."""
-    logits, labels = response_logits(model, batch)
+    """log p(token | the tokens before it) of every trained token, in row-major order: ``[n]`` — through the
+    output layer a block of rows at a time where the model allows it (``aha.models.output_layer``: the same
+    numbers, without the [n, V] logits held for the backward pass)."""
+    layer = None if is_sharded(model) else output_layer(model)
+    with hidden_outputs(layer):
+        outputs, labels = _response_outputs(model, batch)
     if labels.numel() == 0:
-        return logits.new_zeros(0)
-    return token_logprobs(logits.unsqueeze(0), labels.unsqueeze(0)).squeeze(0)
+        return torch.zeros(0, device=outputs.device)
+    if layer is not None:
+        return linear_token_logprobs(outputs.unsqueeze(0), layer, labels.unsqueeze(0)).squeeze(0)
+    return token_logprobs(outputs.float().unsqueeze(0), labels.unsqueeze(0)).squeeze(0)
 
 
 def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
@@ -276,8 +289,11 @@ class SFTTrainer(Trainer):
         alpha = c.distill_alpha if self.teacher is not None else 0.0
         for i, batch in enumerate(batches):
             weight = 1.0 if i < real else 0.0
-            logits, labels = response_logits(self.policy.model, batch)  # [n, V], [n]
-            nll = -weight * token_logprobs(logits.unsqueeze(0), labels.unsqueeze(0)).sum() / max(total, 1)
+            if self.teacher is None:
+                nll = -weight * response_logprobs(self.policy.model, batch).sum() / max(total, 1)
+            else:  # the KL to the teacher takes the student's whole distribution: its logits
+                logits, labels = response_logits(self.policy.model, batch)  # [n, V], [n]
+                nll = -weight * token_logprobs(logits.unsqueeze(0), labels.unsqueeze(0)).sum() / max(total, 1)
             loss = (1 - alpha) * nll
             if self.teacher is not None:
                 with torch.no_grad():

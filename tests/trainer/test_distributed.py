@@ -49,9 +49,12 @@ def weights(run: Path, step: int) -> dict[str, torch.Tensor]:
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    """Equal within 5% of one AdamW step (lr 1e-3): Adam moves a weight by ~lr whatever the size of its gradient,
+    so a weight whose gradient is near Adam's eps (1e-8) moves by an amount that the order of the gradient's sum
+    over micro-batches (one process, or two and an all-reduce) changes by up to ~1e-5."""
     assert a.keys() == b.keys()
     for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=5e-5, msg=name)
 
 
 def test_world_shares_are_contiguous_and_cover_every_item():

@@ -239,9 +239,10 @@ def test_a_batch_moves_to_the_models_device_whole():
 
 
 def test_log_probs_are_taken_on_the_device_of_the_models_logits(tmp_path, monkeypatch):
-    """Batches are built on the CPU; on a GPU the logits are on the GPU, and the labels must follow them (a
-    gather across devices fails there). Logits on the meta device stand for the GPU's."""
-    import aha.trainer.grpo as grpo
+    """Batches are built on the CPU; on a GPU the logits (or the last hidden states, with the output layer fused)
+    are on the GPU, and the labels must follow them (a gather across devices fails there). Outputs on the meta
+    device stand for the GPU's."""
+    import aha.trainer.forward as forward
     from aha.types import build_train_batch
 
     trainer = make(tmp_path)
@@ -252,13 +253,20 @@ def test_log_probs_are_taken_on_the_device_of_the_models_logits(tmp_path, monkey
         seen.append((logits.device, labels.device))
         return torch.zeros(labels.shape, device=logits.device), torch.zeros(labels.shape, device=logits.device)
 
-    monkeypatch.setattr(grpo, "token_logprobs_and_entropy", scored)
-    monkeypatch.setattr(grpo, "token_logprobs", lambda logits, labels, *args: scored(logits, labels)[0])
+    monkeypatch.setattr(forward, "token_logprobs_and_entropy", scored)
+    monkeypatch.setattr(forward, "token_logprobs", lambda logits, labels, *args: scored(logits, labels)[0])
+    monkeypatch.setattr(forward, "linear_token_logprobs",
+                        lambda hidden, layer, labels, temperature, entropy, *args:
+                        scored(hidden, labels) if entropy else scored(hidden, labels)[0])
 
     class OnAnotherDevice:
+        def __init__(self, layer):
+            self.layer = layer  # None: the logits path; else the output layer the outputs skipped
+
         def completion_logits(self, mb):
             return torch.empty(mb.size, mb.completion_width, 11, device="meta")
 
-    trainer._logprobs(trainer.model, batch, OnAnotherDevice(), entropy=True)
-    trainer._logprobs(trainer.model, batch, OnAnotherDevice())
-    assert seen == [(torch.device("meta"), torch.device("meta"))] * 2
+    for layer in (None, trainer.model.get_output_embeddings()):
+        trainer._logprobs(trainer.model, batch, OnAnotherDevice(layer), entropy=True)
+        trainer._logprobs(trainer.model, batch, OnAnotherDevice(layer))
+    assert seen == [(torch.device("meta"), torch.device("meta"))] * 4
