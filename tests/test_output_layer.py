@@ -215,3 +215,14 @@ def test_the_probe_leaves_modes_and_the_random_state_as_they_were():
     assert output_layer(model) is model.lm_head
     assert torch.equal(torch.random.get_rng_state(), before)
     assert model.training and not model.model.layers[0].training and model.model.layers[1].training
+
+
+def test_hidden_outputs_nest_and_restore_the_layer():
+    model, _ = load_model("tiny:llama", seed=1)
+    layer, ids = model.get_output_embeddings(), torch.tensor([[3, 4, 5]])
+    logits = model(input_ids=ids).logits
+    with hidden_outputs(layer):
+        with hidden_outputs(layer):
+            pass
+        assert model(input_ids=ids).logits.shape[-1] == model.config.hidden_size  # still the hidden states
+    assert torch.equal(model(input_ids=ids).logits, logits) and "forward" not in layer.__dict__

@@ -72,7 +72,7 @@ def output_layer(model: torch.nn.Module) -> torch.nn.Linear | None:
 def hidden_outputs(layer: torch.nn.Module | None) -> Iterator[None]:
     """Within the block the output ``layer`` passes its input through, so the model's ``logits`` are its last
     hidden states (nothing changes with None)."""
-    if layer is None:
+    if layer is None or layer.__dict__.get("forward") is _identity:  # nothing to do, or an outer block does it
         yield
         return
     layer.forward = _identity
