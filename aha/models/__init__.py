@@ -407,10 +407,15 @@ class AccumulatingLinear(torch.nn.Linear):
         trained = [t for t in (x, weight, bias) if t is not None and t.requires_grad]
         if not torch.is_grad_enabled() or not trained:
             return _linear(x, weight, bias)
-        if weight.requires_grad and (not weight.is_leaf or weight._backward_hooks
-                                     or getattr(weight, "_post_accumulate_grad_hooks", None)):
+        if weight.requires_grad and not grad_added_in_place(weight):
             return super().forward(x)
         return _LinearAccumulatingGrad.apply(x, weight, bias)
+
+
+def grad_added_in_place(weight: torch.Tensor) -> bool:
+    """Whether a backward pass may add ``weight``'s gradient into ``weight.grad`` itself: a leaf without gradient
+    hooks (a hook must see the gradient, which autograd then hands it)."""
+    return weight.is_leaf and not weight._backward_hooks and not getattr(weight, "_post_accumulate_grad_hooks", None)
 
 
 def accumulate_weight_gradients(model: torch.nn.Module) -> int:

@@ -25,7 +25,7 @@ from typing import Iterator
 import torch
 
 from aha.algorithms.logprobs import gradient_coefficients, logit_gradients, logprob_rows
-from aha.models import AccumulatingLinear, _linear, _times_transposed
+from aha.models import AccumulatingLinear, _linear, _times_transposed, grad_added_in_place
 
 KEEP_BYTES = 256 << 20
 """fp32 logits of a micro-batch up to this size are kept for the backward pass (and turned into their gradient
@@ -84,13 +84,6 @@ def hidden_outputs(layer: torch.nn.Module | None) -> Iterator[None]:
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
-
-
-def _adds_in_place(weight: torch.Tensor, layer: torch.nn.Module) -> bool:
-    """Whether the weight's gradient is added into ``weight.grad`` by the backward pass itself, as
-    :class:`AccumulatingLinear` does (a leaf parameter without gradient hooks)."""
-    return isinstance(layer, AccumulatingLinear) and weight.is_leaf and not weight._backward_hooks and \
-        not getattr(weight, "_post_accumulate_grad_hooks", None)
 
 
 class _LinearTokenLogprobs(torch.autograd.Function):
@@ -181,7 +174,7 @@ def linear_token_logprobs(hidden: torch.Tensor, layer: torch.nn.Linear, labels: 
     logits held whole. Differentiable with respect to the hidden states and the layer's parameters."""
     scale = 1.0 / temperature if temperature > 0 else 1.0
     out = _LinearTokenLogprobs.apply(hidden, layer.weight, layer.bias, labels, scale, entropy, entropy_grad,
-                                     _adds_in_place(layer.weight, layer))
+                                     isinstance(layer, AccumulatingLinear) and grad_added_in_place(layer.weight))
     if not entropy:
         return out
     logprobs, entropies = out
