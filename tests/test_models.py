@@ -185,17 +185,18 @@ def test_weight_gradients_added_in_place_train_the_same_weights(lora, checkpoint
     """Linear layers whose backward adds the weight gradient into ``.grad`` (aha.models.AccumulatingLinear):
     over two optimiser steps of two micro-batches each (so both the first gradient and the in-place sum are
     used), with the tied output layer and the embedding's row gradients, the weights equal the plain layers'.
-    The products run on oneDNN where torch has it, except on Intel processors (the weight gradient added after
-    its product on AVX-512, by MKL's ``addmm_`` on AVX2), else torch's own; each route forced here."""
+    The products run on oneDNN on AMD processors with AVX-512 (the weight gradient added after its product, or by
+    MKL's ``addmm_`` for a vocabulary-wide weight), else torch's own; each route forced here."""
     import aha.models
     from aha.models import AccumulatingLinear, accumulate_weight_gradients, sparse_embedding_gradients, tiny_model
     from aha.trainer.core import Policy
 
     monkeypatch.setattr(aha.models, "_MKL_NATIVE", products == "torch, as on Intel")
+    monkeypatch.setattr(aha.models, "_AVX512", products.startswith("onednn"))  # oneDNN only with AVX-512
     if products == "torch":
         monkeypatch.setattr(aha.models, "ONEDNN_LINEAR", None)
-    elif "addmm_" in products:
-        monkeypatch.setattr(aha.models, "_AVX512", False)
+    elif "addmm_" in products:  # a weight as wide as a vocabulary: its gradient summed by MKL's addmm_
+        monkeypatch.setattr(aha.models, "WIDE_OUTPUT", 1)
     tok = char_tokenizer()
     ids = [tok(t, return_tensors="pt").input_ids for t in ("12 + 30 = 42", "7 - 9 = -2, so")]
     states = []

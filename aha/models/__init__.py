@@ -324,9 +324,11 @@ def _intel_cpu() -> bool:
 
 _MKL_NATIVE = _intel_cpu()
 """MKL (torch's CPU products) runs its widest kernels on Intel processors only; on AMD it takes its AVX2 ones.
-So the linear layers' training products go to oneDNN elsewhere and stay with MKL on Intel, where MKL was the
-faster of the two for the default recipe's shapes (on a 2-core Xeon: weight gradients with their sum 206-263
-against 122-212 GFLOP/s, forward and input-gradient products 5-15% faster; docs/benchmarks.md)."""
+So the linear layers' training products go to oneDNN on AMD processors with AVX-512 (about twice MKL's rate
+there) and stay with MKL on Intel, where MKL was the faster of the two for the default recipe's shapes (on a
+2-core Xeon: weight gradients with their sum 206-263 against 122-212 GFLOP/s, forward and input-gradient
+products 5-15% faster), and on processors without AVX-512, where both run AVX2 kernels and MKL's were faster
+in the trainer (a 2-core AVX2 EPYC: the default recipe's forward-backward 0.84x as long; docs/benchmarks.md)."""
 WIDE_OUTPUT = 8192
 """Output width (a vocabulary) from which a weight gradient is summed by MKL's ``addmm_`` even on AVX-512."""
 
@@ -340,15 +342,16 @@ def packs_for_decoding() -> bool:
 
 
 def _onednn(*tensors: torch.Tensor) -> bool:
-    return ONEDNN_LINEAR is not None and not _MKL_NATIVE and all(
+    return ONEDNN_LINEAR is not None and _AVX512 and not _MKL_NATIVE and all(
         t.device.type == "cpu" and t.dtype == torch.float32 and t.numel() for t in tensors)
 
 
 def _times_transposed(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``rows [m, k] @ weight [n, k]^T (+ bias)``: oneDNN's fp32 product on a CPU other than Intel's
-    (``mkldnn._linear_pointwise``, any strides), else torch's. torch's CPU products call MKL, which takes its
-    AVX2 kernels on AMD processors: on an AVX-512 EPYC oneDNN runs the model's shapes at about twice the rate
-    (benchmarks/step_split.py measures both), and on AVX2 at about the same; on Intel's, MKL (``_MKL_NATIVE``)."""
+    (``mkldnn._linear_pointwise``, any strides) on an AMD processor with AVX-512, else torch's. torch's CPU
+    products call MKL, which takes its AVX2 kernels on AMD processors: on an AVX-512 EPYC oneDNN runs the model's
+    shapes at about twice the rate (benchmarks/step_split.py measures both); on an AVX2 EPYC MKL's were the faster
+    in the trainer; on Intel's, MKL (``_MKL_NATIVE``)."""
     if _onednn(rows, weight):
         return ONEDNN_LINEAR(rows, weight, bias, "none", [], "")
     return torch.nn.functional.linear(rows, weight, bias)
@@ -384,7 +387,7 @@ class _LinearAccumulatingGrad(torch.autograd.Function):
             grad_x = _times_transposed(rows, weight.t()).view(*grad.shape[:-1], weight.shape[1])
         if ctx.needs_input_grad[1]:
             inputs = x.reshape(-1, x.shape[-1])
-            onednn = _AVX512 and weight.shape[0] < WIDE_OUTPUT and _onednn(rows, inputs)
+            onednn = weight.shape[0] < WIDE_OUTPUT and _onednn(rows, inputs)
             if weight.grad is None:
                 weight.grad = _times_transposed(rows.t(), inputs.t()) if onednn else rows.t() @ inputs
             elif onednn:
