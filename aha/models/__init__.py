@@ -347,8 +347,8 @@ def _onednn(*tensors: torch.Tensor) -> bool:
 
 
 def _times_transposed(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``rows [m, k] @ weight [n, k]^T (+ bias)``: oneDNN's fp32 product on a CPU other than Intel's
-    (``mkldnn._linear_pointwise``, any strides) on an AMD processor with AVX-512, else torch's. torch's CPU
+    """``rows [m, k] @ weight [n, k]^T (+ bias)``: oneDNN's fp32 product on an AMD processor with AVX-512
+    (``mkldnn._linear_pointwise``, any strides), else torch's. torch's CPU
     products call MKL, which takes its AVX2 kernels on AMD processors: on an AVX-512 EPYC oneDNN runs the model's
     shapes at about twice the rate (benchmarks/step_split.py measures both); on an AVX2 EPYC MKL's were the faster
     in the trainer; on Intel's, MKL (``_MKL_NATIVE``)."""
