@@ -179,20 +179,21 @@ def test_grouped_query_attention_gives_sdpa_numbers_without_repeating_keys(monke
 
 @pytest.mark.parametrize("lora,checkpointing,products", [
     (False, False, "onednn"), (True, False, "onednn"), (False, True, "onednn"),
-    (False, False, "onednn, gradients summed by addmm_"), (False, False, "torch, as on Intel"),
-    (False, False, "torch")])
+    (False, False, "onednn, gradients summed by addmm_"), (False, False, "onednn, weight gradients by addmm_ on Zen 4"),
+    (False, False, "torch, as on Intel"), (False, False, "torch")])
 def test_weight_gradients_added_in_place_train_the_same_weights(lora, checkpointing, products, monkeypatch):
     """Linear layers whose backward adds the weight gradient into ``.grad`` (aha.models.AccumulatingLinear):
     over two optimiser steps of two micro-batches each (so both the first gradient and the in-place sum are
     used), with the tied output layer and the embedding's row gradients, the weights equal the plain layers'.
     The products run on oneDNN on AMD processors with AVX-512 (the weight gradient added after its product, or by
-    MKL's ``addmm_`` for a vocabulary-wide weight), else torch's own; each route forced here."""
+    MKL's ``addmm_`` for a vocabulary-wide weight and on Zen 4), else torch's own; each route forced here."""
     import aha.models
     from aha.models import AccumulatingLinear, accumulate_weight_gradients, sparse_embedding_gradients, tiny_model
     from aha.trainer.core import Policy
 
     monkeypatch.setattr(aha.models, "_MKL_NATIVE", products == "torch, as on Intel")
     monkeypatch.setattr(aha.models, "_AVX512", products.startswith("onednn"))  # oneDNN only with AVX-512
+    monkeypatch.setattr(aha.models, "_HALF_WIDTH_AVX512", "Zen 4" in products)  # its forward products on oneDNN
     if products == "torch":
         monkeypatch.setattr(aha.models, "ONEDNN_LINEAR", None)
     elif "addmm_" in products:  # a weight as wide as a vocabulary: its gradient summed by MKL's addmm_

@@ -310,25 +310,40 @@ ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.ba
 _AVX512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
-def _intel_cpu() -> bool:
-    """Whether this is an Intel processor (Linux's /proc/cpuinfo says so)."""
+def _cpu_vendor_family() -> tuple[str, int]:
+    """The processor's vendor and family, as Linux's /proc/cpuinfo gives them (``("", 0)`` where it does not)."""
+    vendor, family = "", 0
     try:
         with open("/proc/cpuinfo") as info:
             for line in info:
-                if line.startswith("vendor_id"):
-                    return "GenuineIntel" in line
+                key, _, value = line.partition(":")
+                if key.strip() == "vendor_id":
+                    vendor = value.strip()
+                elif key.strip() == "cpu family" and value.strip().isdigit():
+                    family = int(value.strip())
+                if vendor and family:
+                    break
     except OSError:
         pass
-    return False
+    return vendor, family
 
 
-_MKL_NATIVE = _intel_cpu()
+_VENDOR, _FAMILY = _cpu_vendor_family()
+_MKL_NATIVE = _VENDOR == "GenuineIntel"
 """MKL (torch's CPU products) runs its widest kernels on Intel processors only; on AMD it takes its AVX2 ones.
 So the linear layers' training products go to oneDNN on AMD processors with AVX-512 (about twice MKL's rate
-there) and stay with MKL on Intel, where MKL was the faster of the two for the default recipe's shapes (on a
-2-core Xeon: weight gradients with their sum 206-263 against 122-212 GFLOP/s, forward and input-gradient
-products 5-15% faster), and on processors without AVX-512, where both run AVX2 kernels and MKL's were faster
-in the trainer (a 2-core AVX2 EPYC: the default recipe's forward-backward 0.84x as long; docs/benchmarks.md)."""
+on a Zen 5 EPYC; on Zen 4 see ``_HALF_WIDTH_AVX512``) and stay with MKL on Intel, where MKL was the faster of
+the two for the default recipe's shapes (on a 2-core Xeon: weight gradients with their sum 206-263 against
+122-212 GFLOP/s, forward and input-gradient products 5-15% faster), and on processors without AVX-512, where both
+run AVX2 kernels and MKL's were faster in the trainer (a 2-core AVX2 EPYC: the default recipe's forward-backward
+0.84x as long; docs/benchmarks.md)."""
+_HALF_WIDTH_AVX512 = _VENDOR == "AuthenticAMD" and _FAMILY == 25
+"""An AMD processor of family 25 (Zen 3, Zen 4): where it has AVX-512 (Zen 4) it runs a 512-bit operation as two
+256-bit halves, so MKL's AVX2 kernels reach the same peak, and for the weight gradients — a product over the
+micro-batch's few rows, then a sum into ``.grad`` — MKL's ``addmm_`` was the faster (a 2-core Zen 4 EPYC, the
+default recipe's shapes: 196-206 against 157-190 GFLOP/s; its forward-backward 0.86x as long). oneDNN keeps the
+forward and input-gradient products there (160-211 against 114-180 GFLOP/s). Zen 5 (family 26) runs 512 bits
+at full width, where oneDNN's weight gradients ran at about twice MKL's rate."""
 WIDE_OUTPUT = 8192
 """Output width (a vocabulary) from which a weight gradient is summed by MKL's ``addmm_`` even on AVX-512."""
 
@@ -348,10 +363,10 @@ def _onednn(*tensors: torch.Tensor) -> bool:
 
 def _times_transposed(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``rows [m, k] @ weight [n, k]^T (+ bias)``: oneDNN's fp32 product on an AMD processor with AVX-512
-    (``mkldnn._linear_pointwise``, any strides), else torch's. torch's CPU
-    products call MKL, which takes its AVX2 kernels on AMD processors: on an AVX-512 EPYC oneDNN runs the model's
-    shapes at about twice the rate (benchmarks/step_split.py measures both); on an AVX2 EPYC MKL's were the faster
-    in the trainer; on Intel's, MKL (``_MKL_NATIVE``)."""
+    (``mkldnn._linear_pointwise``, any strides), else torch's. torch's CPU products call MKL, which takes its
+    AVX2 kernels on AMD processors: on a Zen 5 EPYC oneDNN runs the model's shapes at about twice the rate, on a
+    Zen 4 one at 1.1-1.7x (benchmarks/step_split.py measures both); on an AVX2 EPYC MKL's were the faster in the
+    trainer; on Intel's, MKL (``_MKL_NATIVE``)."""
     if _onednn(rows, weight):
         return ONEDNN_LINEAR(rows, weight, bias, "none", [], "")
     return torch.nn.functional.linear(rows, weight, bias)
@@ -365,8 +380,8 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
 
 class _LinearAccumulatingGrad(torch.autograd.Function):
     """``F.linear`` whose backward adds the weight's gradient into ``weight.grad`` (``addmm_``, or oneDNN's
-    product then ``add_``) instead of returning it for autograd to add (a new [out, in] tensor per micro-batch,
-    then a read-add-write of the whole gradient). The products run on oneDNN where it is there
+    product then ``add_`` on full-width AVX-512) instead of returning it for autograd to add (a new [out, in]
+    tensor per micro-batch, then a read-add-write of the whole gradient). The products run on oneDNN where it is there
     (:func:`_times_transposed`)."""
 
     @staticmethod
@@ -387,7 +402,7 @@ class _LinearAccumulatingGrad(torch.autograd.Function):
             grad_x = _times_transposed(rows, weight.t()).view(*grad.shape[:-1], weight.shape[1])
         if ctx.needs_input_grad[1]:
             inputs = x.reshape(-1, x.shape[-1])
-            onednn = weight.shape[0] < WIDE_OUTPUT and _onednn(rows, inputs)
+            onednn = weight.shape[0] < WIDE_OUTPUT and not _HALF_WIDTH_AVX512 and _onednn(rows, inputs)
             if weight.grad is None:
                 weight.grad = _times_transposed(rows.t(), inputs.t()) if onednn else rows.t() @ inputs
             elif onednn:
