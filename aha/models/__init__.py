@@ -337,8 +337,8 @@ the two for the default recipe's shapes (on a 2-core Xeon: weight gradients with
 122-212 GFLOP/s, forward and input-gradient products 5-15% faster), and on processors without AVX-512, where both
 run AVX2 kernels and MKL's were faster in the trainer (a 2-core AVX2 EPYC: the default recipe's forward-backward
 0.84x as long; docs/benchmarks.md)."""
-_HALF_WIDTH_AVX512 = _VENDOR == "AuthenticAMD" and _FAMILY == 25
-"""An AMD processor of family 25 (Zen 3, Zen 4): where it has AVX-512 (Zen 4) it runs a 512-bit operation as two
+_HALF_WIDTH_AVX512 = _AVX512 and _VENDOR == "AuthenticAMD" and _FAMILY == 25
+"""An AMD processor of family 25 with AVX-512 (Zen 4; Zen 3 has none): it runs a 512-bit operation as two
 256-bit halves, so MKL's AVX2 kernels reach the same peak, and for the weight gradients — a product over the
 micro-batch's few rows, then a sum into ``.grad`` — MKL's ``addmm_`` was the faster (a 2-core Zen 4 EPYC, the
 default recipe's shapes: 196-206 against 157-190 GFLOP/s; its forward-backward 0.86x as long). oneDNN keeps the
