@@ -341,7 +341,7 @@ _HALF_WIDTH_AVX512 = _AVX512 and _VENDOR == "AuthenticAMD" and _FAMILY == 25
 """An AMD processor of family 25 with AVX-512 (Zen 4; Zen 3 has none): it runs a 512-bit operation as two
 256-bit halves, so MKL's AVX2 kernels reach the same peak, and for the weight gradients — a product over the
 micro-batch's few rows, then a sum into ``.grad`` — MKL's ``addmm_`` was the faster (a 2-core Zen 4 EPYC, the
-default recipe's shapes: 196-206 against 157-190 GFLOP/s; its forward-backward 0.86x as long). oneDNN keeps the
+default recipe's shapes: 196-206 against 157-190 GFLOP/s; its forward-backward 0.86-0.92x as long). oneDNN keeps the
 forward and input-gradient products there (160-211 against 114-180 GFLOP/s). Zen 5 (family 26) runs 512 bits
 at full width, where oneDNN's weight gradients ran at about twice MKL's rate."""
 WIDE_OUTPUT = 8192
