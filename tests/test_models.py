@@ -229,6 +229,100 @@ def test_weight_gradients_added_in_place_train_the_same_weights(lora, checkpoint
         torch.testing.assert_close(fused[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.fixture
+def bfloat16_products(monkeypatch):
+    """matmul_precision=medium on a processor with bfloat16 dot products and no AMX (aha.models._BF16_DOT),
+    whatever this one is."""
+    import aha.models
+
+    monkeypatch.setattr(aha.models, "_BF16_DOT", True)
+    torch.set_float32_matmul_precision("medium")
+    yield
+    torch.set_float32_matmul_precision("highest")
+
+
+def _bf16_reference(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The product of the operands rounded to bfloat16, summed exactly, its output rounded to bfloat16."""
+    return (rows.bfloat16().double() @ weight.bfloat16().double().t()).bfloat16().float()
+
+
+def test_bfloat16_products_round_the_operands_and_the_output_and_only_at_medium(bfloat16_products):
+    from aha.models import _times_transposed, bfloat16_products
+
+    generator = torch.Generator().manual_seed(0)
+    rows, weight = torch.randn(37, 64, generator=generator), torch.randn(48, 64, generator=generator)
+    bias = torch.randn(48, generator=generator)
+    exact = rows.double() @ weight.double().t()
+    assert bfloat16_products()
+    reduced = _times_transposed(rows, weight)
+    assert reduced.dtype == torch.float32 and not torch.equal(reduced, rows @ weight.t())
+    # summed in float32 inside the product: at most one bfloat16 step (2^-8 relative) from the exact sum's rounding
+    torch.testing.assert_close(reduced, _bf16_reference(rows, weight), rtol=2 ** -7, atol=1e-3)
+    torch.testing.assert_close(_times_transposed(rows, weight, bias), reduced + bias)
+    # the output layer's products (reduced=False) and a float32 run's stay float32
+    torch.testing.assert_close(_times_transposed(rows, weight, reduced=False).double(), exact, rtol=1e-5, atol=1e-5)
+    torch.set_float32_matmul_precision("highest")
+    assert not bfloat16_products()
+    torch.testing.assert_close(_times_transposed(rows, weight).double(), exact, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_products_train_to_bfloat16_accuracy_with_the_output_layer_in_float32(bfloat16_products):
+    """The training layers' forward and both gradient products take bfloat16 operands (the gradients within a few
+    bfloat16 steps of float32 training's, and not equal to them); the output layer's products stay float32."""
+    from aha.models import AccumulatingLinear, accumulate_weight_gradients, tiny_model
+
+    tok = char_tokenizer()
+    ids = tok("12 + 30 = 42, so 7 - 9 = -2", return_tensors="pt").input_ids
+    grads, outputs = [], []
+    for fused in (False, True):
+        torch.set_float32_matmul_precision("medium" if fused else "highest")  # plain: float32 throughout
+        model = tiny_model("llama", tok, seed=3)
+        if fused:
+            accumulate_weight_gradients(model)
+            assert model.lm_head.float32_products
+            assert not any(m.float32_products for m in model.modules()
+                           if isinstance(m, AccumulatingLinear) and m is not model.lm_head)
+        hidden = model.model(input_ids=ids).last_hidden_state
+        outputs.append((hidden.detach(), model.lm_head(hidden.detach()).detach()))
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    (plain_hidden, _), (reduced_hidden, reduced_logits) = outputs
+    assert not torch.equal(reduced_hidden, plain_hidden)
+    torch.testing.assert_close(reduced_hidden, plain_hidden, rtol=0.05, atol=0.05)
+    exact_logits = reduced_hidden.double() @ model.lm_head.weight.detach().double().t()
+    torch.testing.assert_close(reduced_logits.double(), exact_logits, rtol=1e-5, atol=1e-5)  # float32 products
+    plain, reduced = grads
+    assert plain.keys() == reduced.keys()
+    for name, expected in plain.items():
+        error = float((reduced[name] - expected).norm() / expected.norm())
+        assert error < 0.05, (name, error)  # bfloat16 keeps 8 bits of mantissa: ~0.4% per product
+    weights = [n for n in plain if n.endswith("proj.weight")]
+    assert weights and all(not torch.equal(reduced[n], plain[n]) for n in weights)
+
+
+def test_bfloat16_products_decode_with_bfloat16_copies_of_all_but_the_output_layer(bfloat16_products, monkeypatch):
+    import aha.models
+    from aha.rollout.hf import packed_linears
+
+    if not (torch.backends.mkldnn.is_available() and aha.models._AVX512):
+        pytest.skip("oneDNN's bfloat16 products need AVX-512")
+    monkeypatch.setattr(aha.models, "_MKL_NATIVE", False)  # packed copies, as on AMD's processors
+    model, _ = load_model("tiny:llama", seed=4)
+    ids = torch.tensor([[5, 6, 7, 8, 9], [9, 8, 7, 6, 5]])
+    with torch.no_grad(), packed_linears(model):
+        packed = {n: m.forward.args[0] for n, m in model.named_modules() if "forward" in vars(m)}
+        hidden = model.model(input_ids=ids).last_hidden_state
+        logits = model.lm_head(hidden)
+    assert packed["lm_head"].dtype == torch.float32
+    assert all(w.dtype == torch.bfloat16 for n, w in packed.items() if n != "lm_head")
+    torch.set_float32_matmul_precision("highest")
+    with torch.no_grad():
+        plain = model.model(input_ids=ids).last_hidden_state
+    assert not torch.equal(hidden, plain)
+    torch.testing.assert_close(hidden, plain, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(logits, hidden @ model.lm_head.weight.t(), rtol=1e-5, atol=1e-5)
+
+
 def test_a_weight_with_a_gradient_hook_keeps_the_plain_backward():
     from aha.models import accumulate_weight_gradients, tiny_model
 

@@ -41,7 +41,7 @@ def _sdpa_gqa_attention(module: torch.nn.Module, query: torch.Tensor, key: torch
     return out.transpose(1, 2).contiguous(), None
 
 
-def _reduced_products() -> bool:
+def reduced_products() -> bool:
     """Whether oneDNN computes float32 products in a lower precision now (``matmul_precision`` medium: bfloat16)."""
     matmul = getattr(torch.backends.mkldnn, "matmul", None)
     return getattr(matmul, "fp32_precision", "ieee") not in ("ieee", "none")
@@ -54,7 +54,7 @@ def float32_products():
     (``medium``) every block's operands are converted, and the forward and backward of the default recipe's
     attention took ~3x as long (24.9 against 8.0 ms for 4 rows of 190 tokens on a 2-core Xeon with AMX,
     benchmarks/precision.py), which ate the gain of the linear layers' bfloat16 products."""
-    if not _reduced_products():
+    if not reduced_products():
         yield
         return
     matmul = torch.backends.mkldnn.matmul
@@ -70,7 +70,7 @@ def float32_attention(attend: Callable[..., torch.Tensor], query: torch.Tensor, 
                       value: torch.Tensor) -> torch.Tensor:
     """``attend(query, key, value)`` with its float32 products in float32 (:func:`float32_products`), in the
     forward and, when it is part of a graph, in its backward too. Other devices than the CPU compute as set."""
-    if query.device.type != "cpu" or not _reduced_products():
+    if query.device.type != "cpu" or not reduced_products():
         return attend(query, key, value)
     if not torch.is_grad_enabled() or not any(t.requires_grad for t in (query, key, value)):
         with float32_products():

@@ -105,7 +105,7 @@ class _LinearTokenLogprobs(torch.autograd.Function):
         kept = None
         for start in range(0, n, step):
             end = min(start + step, n)
-            logits = _linear(flat[start:end], weight, bias)  # [b, V]
+            logits = _linear(flat[start:end], weight, bias, reduced=False)  # [b, V]
             logprob_rows(logits, flat_labels[start:end], scale, logprobs[start:end], lse[start:end],
                          entropy[start:end] if entropy is not None else None)
             kept = logits if keep else None
@@ -146,14 +146,14 @@ class _LinearTokenLogprobs(torch.autograd.Function):
         for start in range(0, n, step):
             end = min(start + step, n)
             rows = flat[start:end]
-            logits = kept if kept.numel() else _linear(rows, weight, bias)  # [b, V]
+            logits = kept if kept.numel() else _linear(rows, weight, bias, reduced=False)  # [b, V]
             out = logits if logits.dtype == torch.float32 else \
                 torch.empty(logits.shape, dtype=torch.float32, device=logits.device)  # the logits' gradient
             grad = logit_gradients(logits, flat_labels[start:end], lse[start:end], ctx.scale, coef[start:end],
                                    out, entropy_coef[start:end] if entropy_coef is not None else None,
                                    entropy[start:end] if entropy is not None else None).to(weight.dtype)
             if wants_hidden:
-                grad_hidden[start:end] = _times_transposed(grad, weight.t())
+                grad_hidden[start:end] = _times_transposed(grad, weight.t(), reduced=False)
             if wants_weight:
                 target = grad_weight if grad_weight is not None else weight.grad
                 if target is None:

@@ -24,8 +24,9 @@ import torch
 from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase,
                           TopPLogitsWarper)
 
-from aha.models import (ONEDNN_LINEAR, AccumulatingLinear, cache_keyword, output_cache, packs_for_decoding,
-                        prefix_cache as shared_cache, reserve_cache, reusable_cache)
+from aha.models import (ONEDNN_LINEAR, AccumulatingLinear, bfloat16_products, cache_keyword, output_cache,
+                        output_layer_of, packs_for_decoding, prefix_cache as shared_cache, reserve_cache,
+                        reusable_cache)
 from aha.models.attention import SHARED_PREFIX_KEYWORD, SharedPrefix, system_prompt_length
 from aha.rollout.base import Generation, SamplingParams, end_token_ids, pad_token_id
 from aha.utils.memory import release_free_memory
@@ -90,7 +91,11 @@ def _packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Ten
     """``nn.Linear``'s forward with a oneDNN-packed weight (``[..., in] -> [..., out]``); the activations stay
     dense when this torch has oneDNN's dense-input linear (no conversion in and out of every product)."""
     rows = x.reshape(-1, x.shape[-1])
-    if ONEDNN_LINEAR is not None:
+    if weight.dtype == torch.bfloat16:  # bfloat16_products: the rows rounded too, the output widened
+        y = ONEDNN_LINEAR(rows.to(torch.bfloat16), weight, None, "none", [], "").float()
+        if bias is not None:
+            y.add_(bias)
+    elif ONEDNN_LINEAR is not None:
         y = ONEDNN_LINEAR(rows, weight, bias, "none", [], "")
     else:
         bias = bias if bias is not None else rows.new_zeros(weight.shape[0])
@@ -100,7 +105,8 @@ def _packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Ten
 
 @contextlib.contextmanager
 def packed_linears(model: torch.nn.Module) -> Iterator[None]:
-    """For the duration, the model's fp32 CPU linear layers compute with oneDNN-packed copies of their weights.
+    """For the duration, the model's fp32 CPU linear layers compute with oneDNN-packed copies of their weights
+    (in bfloat16 under :func:`aha.models.bfloat16_products`, all but the output layer, as in training).
 
     Decoding multiplies a few rows by every weight matrix at each step; the plain path repacks each weight for
     every product, the packed copy is made once per generation call (about 0.1 s for 135M parameters; the
@@ -110,11 +116,16 @@ def packed_linears(model: torch.nn.Module) -> Iterator[None]:
     they are."""
     patched = []
     if packs_for_decoding():
+        reduced = bfloat16_products() and ONEDNN_LINEAR is not None
+        output = output_layer_of(model)
         for module in model.modules():
             if type(module) in (torch.nn.Linear, AccumulatingLinear) and module.weight.device.type == "cpu" \
                     and module.weight.dtype == torch.float32:
                 bias = module.bias.detach() if module.bias is not None else None
-                module.forward = functools.partial(_packed_linear, module.weight.detach().to_mkldnn(), bias)
+                weight = module.weight.detach()
+                if reduced and module is not output:  # the output layer keeps float32, as in training
+                    weight = weight.to(torch.bfloat16)
+                module.forward = functools.partial(_packed_linear, weight.to_mkldnn(), bias)
                 patched.append(module)
     try:
         yield

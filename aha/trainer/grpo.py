@@ -28,7 +28,7 @@ from aha.data.prompts import PromptBuilder
 from aha.data.tasks import Task
 from aha.eval.grading import grade_spec
 from aha.eval.heldout import evaluate_heldout
-from aha.models import is_peft, reusable_cache
+from aha.models import bfloat16_weight_copies, is_peft, reusable_cache
 from aha.models.attention import system_prompt_length
 from aha.rewards import RewardTerm, follows_format, score
 from aha.rollout import Generation, GenerationBackend, HFBackend, SamplingParams
@@ -299,26 +299,27 @@ class GRPOTrainer(Trainer):
             sums: dict[str, float] = {}
             entropy_sum = 0.0
             t0 = time.perf_counter()
-            prompts = self._prompt_pass(self.model, batch, micro)  # every prompt through the policy once a pass
-            for mb in micro:
-                logprobs, entropy = self._logprobs(self.model, mb, prompts, entropy=True,  # [m, C] each
-                                                   entropy_grad=c.entropy_coef > 0)
-                entropy_sum += float((entropy.detach() * mb.completion_mask).sum())
-                old = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()
-                loss, mb_stats = policy_loss(
-                    logprobs, old, mb.advantages, mb.completion_mask, loss_type=c.loss_type, eps_low=c.eps_low,
-                    eps_high=c.eps_high, beta=beta, ref_logprobs=mb.ref_logprobs,
-                    max_completion_length=c.max_completion_length, num_sequences=num_sequences, num_tokens=num_tokens,
-                    engine_logprobs=mb.engine_logprobs, engine_ratio_cap=c.engine_ratio_cap)
-                if c.entropy_coef > 0:  # the bonus: the batch's mean token entropy, summed over micro-batches
-                    loss = loss - c.entropy_coef * (entropy * mb.completion_mask).sum() / max(num_tokens, 1.0)
-                loss.backward()
-                share = float(mb.completion_mask.sum()) / max(trained_tokens, 1)  # token-weighted stats
-                for k, v in mb_stats.items():
-                    sums[k] = sums.get(k, 0.0) + (v if k == "loss" else v * share)
-            if prompts is not None:
-                prompts.backward()
-                del prompts
+            with bfloat16_weight_copies():  # the weights are fixed until the step
+                prompts = self._prompt_pass(self.model, batch, micro)  # every prompt through the policy once a pass
+                for mb in micro:
+                    logprobs, entropy = self._logprobs(self.model, mb, prompts, entropy=True,  # [m, C] each
+                                                       entropy_grad=c.entropy_coef > 0)
+                    entropy_sum += float((entropy.detach() * mb.completion_mask).sum())
+                    old = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()
+                    loss, mb_stats = policy_loss(
+                        logprobs, old, mb.advantages, mb.completion_mask, loss_type=c.loss_type, eps_low=c.eps_low,
+                        eps_high=c.eps_high, beta=beta, ref_logprobs=mb.ref_logprobs,
+                        max_completion_length=c.max_completion_length, num_sequences=num_sequences,
+                        num_tokens=num_tokens, engine_logprobs=mb.engine_logprobs, engine_ratio_cap=c.engine_ratio_cap)
+                    if c.entropy_coef > 0:  # the bonus: the batch's mean token entropy, summed over micro-batches
+                        loss = loss - c.entropy_coef * (entropy * mb.completion_mask).sum() / max(num_tokens, 1.0)
+                    loss.backward()
+                    share = float(mb.completion_mask.sum()) / max(trained_tokens, 1)  # token-weighted stats
+                    for k, v in mb_stats.items():
+                        sums[k] = sums.get(k, 0.0) + (v if k == "loss" else v * share)
+                if prompts is not None:
+                    prompts.backward()
+                    del prompts
             t_backward = time.perf_counter()
             self.timing["forward_backward"] += t_backward - t0
             sums = self.world.sum({**sums, "entropy_sum": entropy_sum})

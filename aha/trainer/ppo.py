@@ -21,7 +21,7 @@ import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from aha.algorithms import compute_gae, value_loss
-from aha.models import cache_keyword, output_cache
+from aha.models import bfloat16_weight_copies, cache_keyword, output_cache
 from aha.trainer.core import Policy, adamw
 from aha.trainer.forward import PromptPass, completion_logits
 from aha.trainer.grpo import GRPOTrainer, Rollouts
@@ -162,20 +162,21 @@ class PPOTrainer(GRPOTrainer):
         for _ in range(c.num_iterations):
             sums: dict[str, float] = {}  # statistics of the last pass
             self.critic_learner.zero_grad()
-            prompts = self._prompt_pass(self.critic, batch, micro)  # each prompt through the critic once a pass
-            for rows, mb in zip(splits, micro):
-                width = mb.completion_width
-                values = self._predict_values(mb, prompts)  # [m, C]
-                loss, part = value_loss(values, old_values[rows, :width].to(values.device),
-                                        returns[rows, :width].to(values.device), mb.completion_mask.to(values.device),
-                                        clip=c.value_clip)
-                share = float(mb.completion_mask.sum()) / max(total_tokens, 1)
-                (loss * share).backward()  # the token mean over the whole batch
-                for k, v in part.items():
-                    sums[k] = sums.get(k, 0.0) + v * share
-            if prompts is not None:
-                prompts.backward()  # the micro-batches' gradients through the prompts, once
-                del prompts
+            with bfloat16_weight_copies():  # the critic's weights are fixed until its step
+                prompts = self._prompt_pass(self.critic, batch, micro)  # each prompt through the critic once a pass
+                for rows, mb in zip(splits, micro):
+                    width = mb.completion_width
+                    values = self._predict_values(mb, prompts)  # [m, C]
+                    loss, part = value_loss(values, old_values[rows, :width].to(values.device),
+                                            returns[rows, :width].to(values.device),
+                                            mb.completion_mask.to(values.device), clip=c.value_clip)
+                    share = float(mb.completion_mask.sum()) / max(total_tokens, 1)
+                    (loss * share).backward()  # the token mean over the whole batch
+                    for k, v in part.items():
+                        sums[k] = sums.get(k, 0.0) + v * share
+                if prompts is not None:
+                    prompts.backward()  # the micro-batches' gradients through the prompts, once
+                    del prompts
             sums = self.world.sum(sums)
             # summed over ranks, clipped; a non-finite one skips the update; dropped after the step, so the
             # critic holds no gradients while the next rollouts are sampled and the policy trains

@@ -26,7 +26,7 @@ from aha.config.sft import SFTConfig
 from aha.data.conversations import SFTExample, load_examples, parse_row
 from aha.data.prompts import PromptBuilder
 from aha.data.readers import DataError, read_rows
-from aha.models import reusable_cache
+from aha.models import bfloat16_weight_copies, reusable_cache
 from aha.models.attention import windowed_attention
 from aha.models.output_layer import hidden_outputs, linear_token_logprobs, output_layer
 from aha.rollout.base import pad_token_id
@@ -287,23 +287,24 @@ class SFTTrainer(Trainer):
         self.policy.zero_grad()
         sums = {"loss": 0.0, "nll": 0.0, "kl": 0.0}
         alpha = c.distill_alpha if self.teacher is not None else 0.0
-        for i, batch in enumerate(batches):
-            weight = 1.0 if i < real else 0.0
-            if self.teacher is None:
-                nll = -weight * response_logprobs(self.policy.model, batch).sum() / max(total, 1)
-            else:  # the KL to the teacher takes the student's whole distribution: its logits
-                logits, labels = response_logits(self.policy.model, batch)  # [n, V], [n]
-                nll = -weight * token_logprobs(logits.unsqueeze(0), labels.unsqueeze(0)).sum() / max(total, 1)
-            loss = (1 - alpha) * nll
-            if self.teacher is not None:
-                with torch.no_grad():
-                    teacher_logits, _ = response_logits(self.teacher, batch)
-                kl = weight * distillation_kl(logits, teacher_logits, c.distill_temperature) / max(total, 1)
-                loss = loss + alpha * kl
-                sums["kl"] += float(kl.detach())
-            loss.backward()
-            sums["loss"] += float(loss.detach())
-            sums["nll"] += float(nll.detach())
+        with bfloat16_weight_copies():  # the weights are fixed until the step
+            for i, batch in enumerate(batches):
+                weight = 1.0 if i < real else 0.0
+                if self.teacher is None:
+                    nll = -weight * response_logprobs(self.policy.model, batch).sum() / max(total, 1)
+                else:  # the KL to the teacher takes the student's whole distribution: its logits
+                    logits, labels = response_logits(self.policy.model, batch)  # [n, V], [n]
+                    nll = -weight * token_logprobs(logits.unsqueeze(0), labels.unsqueeze(0)).sum() / max(total, 1)
+                loss = (1 - alpha) * nll
+                if self.teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits, _ = response_logits(self.teacher, batch)
+                    kl = weight * distillation_kl(logits, teacher_logits, c.distill_temperature) / max(total, 1)
+                    loss = loss + alpha * kl
+                    sums["kl"] += float(kl.detach())
+                loss.backward()
+                sums["loss"] += float(loss.detach())
+                sums["nll"] += float(nll.detach())
         sums = self.world.sum(sums)
         grad_norm = self.policy.step(c.max_grad_norm, loss=sums["loss"])
         elapsed = time.perf_counter() - t0
