@@ -14,7 +14,8 @@ correctness score (partial credit) + 0.1 format bonus. aha runs its default reci
     .venv/bin/python benchmarks/trl_vs_aha.py --minutes 16 --out runs/bench-trl
 
 Each trainer runs in its own process, one after the other; the script prints a Markdown table and writes
-results.json in --out.
+results.json in --out. ``--bf16``: both with bfloat16 products (aha's ``matmul_precision=medium``, TRL's
+``bf16=True``), on a CPU that has bfloat16 dot products.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def run_aha(args, out: Path) -> dict:
     run_dir = out / "aha"
     cmd = [sys.executable, "-m", "aha", "train", f"output_dir={run_dir}", f"max_train_minutes={args.minutes}",
            f"eval_size={args.eval_size}", f"task_options={json.dumps(TASK_OPTIONS)}", f"seed={args.seed}",
-           "max_completion_length=32", "save_steps=0"]
+           "max_completion_length=32", "save_steps=0", *(["matmul_precision=medium"] if args.bf16 else [])]
     start = time.time()
     subprocess.run(cmd, check=True)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -49,7 +50,8 @@ def run_aha(args, out: Path) -> dict:
 def run_trl(args, out: Path) -> dict:
     start = time.time()
     subprocess.run([sys.executable, __file__, "--trl-child", "--minutes", str(args.minutes), "--eval-size",
-                    str(args.eval_size), "--seed", str(args.seed), "--out", str(out)], check=True)
+                    str(args.eval_size), "--seed", str(args.seed), "--out", str(out),
+                    *(["--bf16"] if args.bf16 else [])], check=True)
     result = json.loads((out / "trl" / "result.json").read_text())
     return {**result, "wall_s": time.time() - start}
 
@@ -92,7 +94,7 @@ def trl_child(args, out: Path) -> None:
 
     config = GRPOConfig(
         output_dir=str(out / "trl"), per_device_train_batch_size=32, num_generations=4, max_completion_length=32,
-        learning_rate=1e-5, lr_scheduler_type="constant", beta=0.0, temperature=1.0, use_cpu=True, bf16=False,
+        learning_rate=1e-5, lr_scheduler_type="constant", beta=0.0, temperature=1.0, use_cpu=True, bf16=args.bf16,
         logging_steps=1, save_strategy="no", report_to="none", max_steps=100_000, seed=args.seed,
     )
     budget = Budget()
@@ -138,6 +140,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench-trl")
     parser.add_argument("--only", choices=["aha", "trl"], help="run one side only")
+    parser.add_argument("--bf16", action="store_true",
+                        help="bfloat16 products on both sides: aha's matmul_precision=medium, TRL's bf16=True "
+                             "(torch.autocast); for CPUs with bfloat16 dot products (AVX512-BF16, AMX)")
     parser.add_argument("--trl-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = Path(args.out)

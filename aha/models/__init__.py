@@ -457,7 +457,9 @@ class _LinearAccumulatingGrad(torch.autograd.Function):
     """``F.linear`` whose backward adds the weight's gradient into ``weight.grad`` (``addmm_``, or oneDNN's
     product then ``add_`` on full-width AVX-512) instead of returning it for autograd to add (a new [out, in]
     tensor per micro-batch, then a read-add-write of the whole gradient). The products run on oneDNN where it is there
-    (:func:`_times_transposed`)."""
+    (:func:`_times_transposed`); under :func:`bfloat16_products` (unless ``reduced`` is False: the output layer)
+    with bfloat16 operands — the weight's copy of the block (:func:`bfloat16_weight_copies`), the rows saved for
+    the backward in bfloat16."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, reduced: bool) -> torch.Tensor:
