@@ -40,7 +40,7 @@ class ModelSection(Config):
     the default run's step took 0.74x as long (13.9 against 18.8 s; docs/benchmarks.md). On processors with
     AVX512-BF16 and no AMX (AMD Zen 4 and 5), where oneDNN keeps float32 operands at the float32 rate, the
     linear layers round their operands to bfloat16 themselves (their outputs too), all but the output layer: on
-    a 2-core Zen 4 EPYC the default run took 0.81x as long (9.3 against 11.4 s a step). Changes the numbers a
+    a 2-core Zen 4 EPYC the default run took 0.88x as long (9.3 against 10.5 s a step). Changes the numbers a
     run computes, as any mixed precision does."""
 
     def check(self) -> None:

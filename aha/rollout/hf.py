@@ -87,9 +87,14 @@ class _SeededSampling(LogitsProcessor):
         return picked.scatter_(1, self.draw(scores)[:, None], 0.0)
 
 
-def _packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+def _packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, layer: torch.nn.Linear,
+                   x: torch.Tensor) -> torch.Tensor:
     """``nn.Linear``'s forward with a oneDNN-packed weight (``[..., in] -> [..., out]``); the activations stay
-    dense when this torch has oneDNN's dense-input linear (no conversion in and out of every product)."""
+    dense when this torch has oneDNN's dense-input linear (no conversion in and out of every product). Under
+    ``torch.autocast`` (a model whose forward a trainer wrapped in it) or with activations not in float32, the
+    ``layer``'s own product, as autocast expects."""
+    if x.dtype != torch.float32 or torch.is_autocast_enabled(x.device.type):
+        return torch.nn.functional.linear(x, layer.weight, layer.bias)
     rows = x.reshape(-1, x.shape[-1])
     if weight.dtype == torch.bfloat16:  # bfloat16_products: the rows rounded too, the output widened
         y = ONEDNN_LINEAR(rows.to(torch.bfloat16), weight, None, "none", [], "").float()
@@ -125,7 +130,7 @@ def packed_linears(model: torch.nn.Module) -> Iterator[None]:
                 weight = module.weight.detach()
                 if reduced and module is not output:  # the output layer keeps float32, as in training
                     weight = weight.to(torch.bfloat16)
-                module.forward = functools.partial(_packed_linear, weight.to_mkldnn(), bias)
+                module.forward = functools.partial(_packed_linear, weight.to_mkldnn(), bias, module)
                 patched.append(module)
     try:
         yield

@@ -177,6 +177,25 @@ def test_packed_linears_compute_what_the_plain_layers_do_and_are_undone_after(tr
         torch.testing.assert_close(doubled, model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
 
 
+def test_packed_linears_under_autocast_compute_what_autocast_does(monkeypatch):
+    """A model whose forward runs under torch.autocast (as a trainer with bf16=True leaves it) gets bfloat16
+    activations; the packed float32 copies give way to the layers' own products, as autocast makes them."""
+    import aha.models
+    from aha.rollout.hf import packed_linears
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    monkeypatch.setattr(aha.models, "_MKL_NATIVE", False)  # packed copies, as on AMD's processors
+    model, _ = load_model("tiny:llama", seed=4)
+    ids = torch.tensor([[5, 6, 7, 8, 9], [9, 8, 7, 6, 5]])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = model(input_ids=ids).logits
+        with packed_linears(model):
+            packed = model(input_ids=ids).logits
+    assert plain.dtype == torch.bfloat16
+    torch.testing.assert_close(packed, plain)
+
+
 def test_on_intel_processors_decoding_keeps_the_plain_layers(monkeypatch):
     import aha.models
     from aha.rollout.hf import packed_linears
