@@ -21,8 +21,9 @@ import torch
 from step_split import best_seconds  # benchmarks/, the folder of this script
 
 from aha.algorithms.logprobs import token_logprobs
-from aha.models import accumulate_weight_gradients, load_model
+from aha.models import load_model
 from aha.models.attention import float32_attention
+from aha.models.linear import accumulate_weight_gradients
 
 PRECISIONS = ("highest", "medium")
 

@@ -182,22 +182,23 @@ def test_grouped_query_attention_gives_sdpa_numbers_without_repeating_keys(monke
     (False, False, "onednn, gradients summed by addmm_"), (False, False, "onednn, weight gradients by addmm_ on Zen 4"),
     (False, False, "torch, as on Intel"), (False, False, "torch")])
 def test_weight_gradients_added_in_place_train_the_same_weights(lora, checkpointing, products, monkeypatch):
-    """Linear layers whose backward adds the weight gradient into ``.grad`` (aha.models.AccumulatingLinear):
+    """Linear layers whose backward adds the weight gradient into ``.grad`` (aha.models.linear.AccumulatingLinear):
     over two optimiser steps of two micro-batches each (so both the first gradient and the in-place sum are
     used), with the tied output layer and the embedding's row gradients, the weights equal the plain layers'.
     The products run on oneDNN on AMD processors with AVX-512 (the weight gradient added after its product, or by
     MKL's ``addmm_`` for a vocabulary-wide weight and on Zen 4), else torch's own; each route forced here."""
-    import aha.models
-    from aha.models import AccumulatingLinear, accumulate_weight_gradients, sparse_embedding_gradients, tiny_model
+    import aha.models.linear
+    from aha.models import sparse_embedding_gradients, tiny_model
+    from aha.models.linear import AccumulatingLinear, accumulate_weight_gradients
     from aha.trainer.core import Policy
 
-    monkeypatch.setattr(aha.models, "_MKL_NATIVE", products == "torch, as on Intel")
-    monkeypatch.setattr(aha.models, "_AVX512", products.startswith("onednn"))  # oneDNN only with AVX-512
-    monkeypatch.setattr(aha.models, "_HALF_WIDTH_AVX512", "Zen 4" in products)  # its forward products on oneDNN
+    monkeypatch.setattr(aha.models.linear, "_MKL_NATIVE", products == "torch, as on Intel")
+    monkeypatch.setattr(aha.models.linear, "_AVX512", products.startswith("onednn"))  # oneDNN only with AVX-512
+    monkeypatch.setattr(aha.models.linear, "_HALF_WIDTH_AVX512", "Zen 4" in products)  # its forward products on oneDNN
     if products == "torch":
-        monkeypatch.setattr(aha.models, "ONEDNN_LINEAR", None)
+        monkeypatch.setattr(aha.models.linear, "ONEDNN_LINEAR", None)
     elif "addmm_" in products:  # a weight as wide as a vocabulary: its gradient summed by MKL's addmm_
-        monkeypatch.setattr(aha.models, "WIDE_OUTPUT", 1)
+        monkeypatch.setattr(aha.models.linear, "WIDE_OUTPUT", 1)
     tok = char_tokenizer()
     ids = [tok(t, return_tensors="pt").input_ids for t in ("12 + 30 = 42", "7 - 9 = -2, so")]
     states = []
@@ -231,11 +232,11 @@ def test_weight_gradients_added_in_place_train_the_same_weights(lora, checkpoint
 
 @pytest.fixture
 def bfloat16_products(monkeypatch):
-    """matmul_precision=medium on a processor with bfloat16 dot products and no AMX (aha.models._BF16_DOT),
+    """matmul_precision=medium on a processor with bfloat16 dot products and no AMX (aha.models.linear._BF16_DOT),
     whatever this one is."""
-    import aha.models
+    import aha.models.linear
 
-    monkeypatch.setattr(aha.models, "_BF16_DOT", True)
+    monkeypatch.setattr(aha.models.linear, "_BF16_DOT", True)
     torch.set_float32_matmul_precision("medium")
     yield
     torch.set_float32_matmul_precision("highest")
@@ -247,7 +248,7 @@ def _bf16_reference(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def test_bfloat16_products_round_the_operands_and_the_output_and_only_at_medium(bfloat16_products):
-    from aha.models import _times_transposed, bfloat16_products
+    from aha.models.linear import _times_transposed, bfloat16_products
 
     generator = torch.Generator().manual_seed(0)
     rows, weight = torch.randn(37, 64, generator=generator), torch.randn(48, 64, generator=generator)
@@ -269,7 +270,8 @@ def test_bfloat16_products_round_the_operands_and_the_output_and_only_at_medium(
 def test_bfloat16_products_train_to_bfloat16_accuracy_with_the_output_layer_in_float32(bfloat16_products):
     """The training layers' forward and both gradient products take bfloat16 operands (the gradients within a few
     bfloat16 steps of float32 training's, and not equal to them); the output layer's products stay float32."""
-    from aha.models import AccumulatingLinear, accumulate_weight_gradients, tiny_model
+    from aha.models import tiny_model
+    from aha.models.linear import AccumulatingLinear, accumulate_weight_gradients
 
     tok = char_tokenizer()
     ids = tok("12 + 30 = 42, so 7 - 9 = -2", return_tensors="pt").input_ids
@@ -301,12 +303,12 @@ def test_bfloat16_products_train_to_bfloat16_accuracy_with_the_output_layer_in_f
 
 
 def test_bfloat16_products_decode_with_bfloat16_copies_of_all_but_the_output_layer(bfloat16_products, monkeypatch):
-    import aha.models
+    import aha.models.linear
     from aha.rollout.hf import packed_linears
 
-    if not (torch.backends.mkldnn.is_available() and aha.models._AVX512):
+    if not (torch.backends.mkldnn.is_available() and aha.models.linear._AVX512):
         pytest.skip("oneDNN's bfloat16 products need AVX-512")
-    monkeypatch.setattr(aha.models, "_MKL_NATIVE", False)  # packed copies, as on AMD's processors
+    monkeypatch.setattr(aha.models.linear, "_MKL_NATIVE", False)  # packed copies, as on AMD's processors
     model, _ = load_model("tiny:llama", seed=4)
     ids = torch.tensor([[5, 6, 7, 8, 9], [9, 8, 7, 6, 5]])
     with torch.no_grad(), packed_linears(model):
@@ -324,7 +326,8 @@ def test_bfloat16_products_decode_with_bfloat16_copies_of_all_but_the_output_lay
 
 
 def test_a_weight_with_a_gradient_hook_keeps_the_plain_backward():
-    from aha.models import accumulate_weight_gradients, tiny_model
+    from aha.models import tiny_model
+    from aha.models.linear import accumulate_weight_gradients
 
     tok = char_tokenizer()
     model = tiny_model("llama", tok, seed=3)

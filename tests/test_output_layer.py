@@ -7,8 +7,9 @@ import torch
 import transformers
 
 from aha.algorithms import token_logprobs, token_logprobs_and_entropy
-from aha.models import AccumulatingLinear, accumulate_weight_gradients, char_tokenizer, load_model
+from aha.models import char_tokenizer, load_model
 from aha.models import output_layer as module
+from aha.models.linear import AccumulatingLinear, accumulate_weight_gradients
 from aha.models.output_layer import hidden_outputs, linear_token_logprobs, output_layer
 from aha.trainer.forward import PromptPass, completion_logits, completion_logprobs
 from aha.types import build_train_batch

@@ -25,7 +25,7 @@ from typing import Iterator
 import torch
 
 from aha.algorithms.logprobs import gradient_coefficients, logit_gradients, logprob_rows
-from aha.models import AccumulatingLinear, _linear, _times_transposed, grad_added_in_place
+from aha.models.linear import AccumulatingLinear, _linear, _times_transposed, grad_added_in_place
 
 KEEP_BYTES = 256 << 20
 """fp32 logits of a micro-batch up to this size are kept for the backward pass (and turned into their gradient

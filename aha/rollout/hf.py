@@ -24,10 +24,10 @@ import torch
 from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase,
                           TopPLogitsWarper)
 
-from aha.models import (ONEDNN_LINEAR, AccumulatingLinear, bfloat16_products, cache_keyword, output_cache,
-                        output_layer_of, packs_for_decoding, prefix_cache as shared_cache, reserve_cache,
-                        reusable_cache)
+from aha.models import cache_keyword, output_cache, prefix_cache as shared_cache, reserve_cache, reusable_cache
 from aha.models.attention import SHARED_PREFIX_KEYWORD, SharedPrefix, system_prompt_length
+from aha.models.linear import (ONEDNN_LINEAR, AccumulatingLinear, bfloat16_products, output_layer_of,
+                               packs_for_decoding)
 from aha.rollout.base import Generation, SamplingParams, end_token_ids, pad_token_id
 from aha.utils.memory import release_free_memory
 from aha.utils.sequences import left_pad
@@ -111,7 +111,7 @@ def _packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, layer: torch
 @contextlib.contextmanager
 def packed_linears(model: torch.nn.Module) -> Iterator[None]:
     """For the duration, the model's fp32 CPU linear layers compute with oneDNN-packed copies of their weights
-    (in bfloat16 under :func:`aha.models.bfloat16_products`, all but the output layer, as in training).
+    (in bfloat16 under :func:`aha.models.linear.bfloat16_products`, all but the output layer, as in training).
 
     Decoding multiplies a few rows by every weight matrix at each step; the plain path repacks each weight for
     every product, the packed copy is made once per generation call (about 0.1 s for 135M parameters; the

@@ -165,8 +165,9 @@ def build_policy(config, total_optimizer_steps: int, model_source: str | None = 
     import transformers
     from transformers import get_scheduler
 
-    from aha.models import accumulate_weight_gradients, apply_lora, load_model, sparse_embedding_gradients
+    from aha.models import apply_lora, load_model, sparse_embedding_gradients
     from aha.models.checkpointing import enable_checkpointing
+    from aha.models.linear import accumulate_weight_gradients
 
     transformers.utils.logging.disable_progress_bar()
     model, tokenizer = load_model(model_source or config.model, dtype=config.dtype, device=config.device,

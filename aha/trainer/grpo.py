@@ -28,8 +28,9 @@ from aha.data.prompts import PromptBuilder
 from aha.data.tasks import Task
 from aha.eval.grading import grade_spec
 from aha.eval.heldout import evaluate_heldout
-from aha.models import bfloat16_weight_copies, is_peft, reusable_cache
+from aha.models import is_peft, reusable_cache
 from aha.models.attention import system_prompt_length
+from aha.models.linear import bfloat16_weight_copies
 from aha.rewards import RewardTerm, follows_format, score
 from aha.rollout import Generation, GenerationBackend, HFBackend, SamplingParams
 from aha.run import RunLayout, ShardedBackend, current_world, open_run_dir

@@ -21,7 +21,8 @@ import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from aha.algorithms import compute_gae, value_loss
-from aha.models import bfloat16_weight_copies, cache_keyword, output_cache
+from aha.models import cache_keyword, output_cache
+from aha.models.linear import bfloat16_weight_copies
 from aha.trainer.core import Policy, adamw
 from aha.trainer.forward import PromptPass, completion_logits
 from aha.trainer.grpo import GRPOTrainer, Rollouts
@@ -70,8 +71,9 @@ class PPOTrainer(GRPOTrainer):
     @classmethod
     def from_config(cls, config, *, task=None, console=None) -> "PPOTrainer":
         trainer = super().from_config(config, task=task, console=console)
-        from aha.models import accumulate_weight_gradients, load_model, sparse_embedding_gradients
+        from aha.models import load_model, sparse_embedding_gradients
         from aha.models.checkpointing import enable_checkpointing
+        from aha.models.linear import accumulate_weight_gradients
         from aha.trainer.preflight import check_model
 
         source = check_model(config)

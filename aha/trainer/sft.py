@@ -26,8 +26,9 @@ from aha.config.sft import SFTConfig
 from aha.data.conversations import SFTExample, load_examples, parse_row
 from aha.data.prompts import PromptBuilder
 from aha.data.readers import DataError, read_rows
-from aha.models import bfloat16_weight_copies, reusable_cache
+from aha.models import reusable_cache
 from aha.models.attention import windowed_attention
+from aha.models.linear import bfloat16_weight_copies
 from aha.models.output_layer import hidden_outputs, linear_token_logprobs, output_layer
 from aha.rollout.base import pad_token_id
 from aha.run import RunLayout, open_run_dir

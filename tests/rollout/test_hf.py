@@ -149,13 +149,13 @@ def test_prompts_sharing_a_system_prompt_sample_as_when_computed_whole():
 
 @pytest.mark.parametrize("trained", [False, True])
 def test_packed_linears_compute_what_the_plain_layers_do_and_are_undone_after(trained, monkeypatch):
-    import aha.models
-    from aha.models import accumulate_weight_gradients
+    import aha.models.linear
+    from aha.models.linear import accumulate_weight_gradients
     from aha.rollout.hf import packed_linears
 
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch has no oneDNN")
-    monkeypatch.setattr(aha.models, "_MKL_NATIVE", False)  # as on AMD's processors, whatever this one is
+    monkeypatch.setattr(aha.models.linear, "_MKL_NATIVE", False)  # as on AMD's processors, whatever this one is
     model, _ = load_model("tiny:llama", seed=4)
     if trained:  # a training policy's layers (aha.trainer.core.build_policy) pack too
         assert accumulate_weight_gradients(model)
@@ -180,12 +180,12 @@ def test_packed_linears_compute_what_the_plain_layers_do_and_are_undone_after(tr
 def test_packed_linears_under_autocast_compute_what_autocast_does(monkeypatch):
     """A model whose forward runs under torch.autocast (as a trainer with bf16=True leaves it) gets bfloat16
     activations; the packed float32 copies give way to the layers' own products, as autocast makes them."""
-    import aha.models
+    import aha.models.linear
     from aha.rollout.hf import packed_linears
 
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch has no oneDNN")
-    monkeypatch.setattr(aha.models, "_MKL_NATIVE", False)  # packed copies, as on AMD's processors
+    monkeypatch.setattr(aha.models.linear, "_MKL_NATIVE", False)  # packed copies, as on AMD's processors
     model, _ = load_model("tiny:llama", seed=4)
     ids = torch.tensor([[5, 6, 7, 8, 9], [9, 8, 7, 6, 5]])
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -197,10 +197,10 @@ def test_packed_linears_under_autocast_compute_what_autocast_does(monkeypatch):
 
 
 def test_on_intel_processors_decoding_keeps_the_plain_layers(monkeypatch):
-    import aha.models
+    import aha.models.linear
     from aha.rollout.hf import packed_linears
 
-    monkeypatch.setattr(aha.models, "_MKL_NATIVE", True)
+    monkeypatch.setattr(aha.models.linear, "_MKL_NATIVE", True)
     model, _ = load_model("tiny:llama", seed=4)
     with packed_linears(model):
         assert not any("forward" in vars(m) for m in model.modules())  # MKL's products, as in training

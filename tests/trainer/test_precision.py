@@ -25,12 +25,12 @@ def test_a_run_sets_its_precision_and_the_next_run_its_own(tmp_path):
 @pytest.mark.parametrize("cpu", ["this one", "bfloat16 dot products without AMX"])
 def test_bfloat16_products_give_the_float32_gradients_to_bfloat16_accuracy(tmp_path, cpu, monkeypatch):
     """medium on this CPU (oneDNN's bfloat16 products where it has AMX), and with the linear layers rounding their
-    operands themselves, as on a Zen 4 (aha.models._BF16_DOT, forced): the gradients of an optimise() within a few
-    bfloat16 steps of float32's."""
-    import aha.models
+    operands themselves, as on a Zen 4 (aha.models.linear._BF16_DOT, forced): the gradients of an optimise() within
+    a few bfloat16 steps of float32's."""
+    import aha.models.linear
 
     if cpu != "this one":
-        monkeypatch.setattr(aha.models, "_BF16_DOT", True)
+        monkeypatch.setattr(aha.models.linear, "_BF16_DOT", True)
     trainer = make(tmp_path, matmul_precision="medium")
     try:
         mine = trainer_gradients(trainer)  # products in bfloat16 where this CPU has them
@@ -47,19 +47,19 @@ def test_bfloat16_products_give_the_float32_gradients_to_bfloat16_accuracy(tmp_p
 
 
 def test_bfloat16_weight_copies_last_one_block_and_the_next_block_sees_changed_weights(monkeypatch):
-    import aha.models
-    from aha.models import AccumulatingLinear, bfloat16_weight_copies
+    import aha.models.linear
+    from aha.models.linear import AccumulatingLinear, bfloat16_weight_copies
 
-    monkeypatch.setattr(aha.models, "_BF16_DOT", True)
+    monkeypatch.setattr(aha.models.linear, "_BF16_DOT", True)
     layer = AccumulatingLinear(16, 8, bias=False)
     x = torch.randn(5, 16, requires_grad=True)
     torch.set_float32_matmul_precision("medium")
     try:
         with bfloat16_weight_copies():
             first = layer(x)
-            assert len(aha.models._WEIGHT_COPIES) == 1  # made once, for the forward and the input gradient
+            assert len(aha.models.linear._WEIGHT_COPIES) == 1  # made once, for the forward and the input gradient
             first.sum().backward()
-        assert aha.models._WEIGHT_COPIES is None
+        assert aha.models.linear._WEIGHT_COPIES is None
         with torch.no_grad():
             layer.weight.mul_(2.0)  # as an optimiser step does between blocks
         with bfloat16_weight_copies():
