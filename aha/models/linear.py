@@ -195,19 +195,21 @@ class _LinearAccumulatingGrad(torch.autograd.Function):
                 _times_transposed(rows, weight.t(), reduced=False)
             grad_x = grad_x.view(*grad.shape[:-1], weight.shape[1])
         if ctx.needs_input_grad[1]:
-            onednn = weight.shape[0] < WIDE_OUTPUT and not _HALF_WIDTH_AVX512 and _onednn(rows, inputs)
             if ctx.reduced:  # added to the float32 gradient as it is widened
                 product = _bf16_product(rows.t(), inputs.t())
                 if weight.grad is None:
                     weight.grad = product.float()
                 else:
                     weight.grad.add_(product)
-            elif weight.grad is None:
-                weight.grad = _times_transposed(rows.t(), inputs.t()) if onednn else rows.t() @ inputs
-            elif onednn:
-                weight.grad.add_(_times_transposed(rows.t(), inputs.t()))
-            else:
-                weight.grad.addmm_(rows.t(), inputs)
+            else:  # float32, also for the output layer under bfloat16_products
+                onednn = weight.shape[0] < WIDE_OUTPUT and not _HALF_WIDTH_AVX512 and _onednn(rows, inputs)
+                if onednn:
+                    product = _times_transposed(rows.t(), inputs.t(), reduced=False)
+                    weight.grad = product if weight.grad is None else weight.grad.add_(product)
+                elif weight.grad is None:
+                    weight.grad = rows.t() @ inputs
+                else:
+                    weight.grad.addmm_(rows.t(), inputs)
         grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, None, grad_bias, None
 
