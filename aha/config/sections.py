@@ -175,7 +175,10 @@ class OptimSection(Config):
     """Gradient-norm clipping threshold (0 disables clipping)."""
     micro_batch_size: int = 4
     """Sequences per forward/backward pass; gradients accumulate over a step's micro-batches. Activation memory
-    grows with it; on a 2-core CPU 4 trains as fast as 32 with 40% less peak memory (docs/benchmarks.md)."""
+    grows with it; on a 2-core CPU 4 trains as fast as 32 with 40% less peak memory (docs/benchmarks.md). When GRPO/PPO
+    run the prompts once per pass (share_prompt_prefix), a micro-batch of shorter completions holds more rows: up
+    to micro_batch_size x max_completion_length padded completion positions (about the activation memory of
+    micro_batch_size full-length rows) and 4 x micro_batch_size rows."""
     max_steps: int = 60
     """Training steps."""
     max_train_minutes: float = 30.0

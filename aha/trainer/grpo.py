@@ -40,7 +40,12 @@ from aha.trainer.forward import PromptPass, completion_logprobs, prompt_tokens
 from aha.trainer.frozen import load_reference, load_teacher
 from aha.trainer.preflight import Inputs, check_inputs
 from aha.types import TrainBatch, build_train_batch
+from aha.utils.sequences import split_by_positions
 from aha.utils.stats import mean, std
+
+ROWS_PER_MICRO_BATCH = 4
+"""Micro-batches of short completions hold at most this many times micro_batch_size rows: each row also reads a
+copy of its prompt's keys and values, which the completion positions do not count."""
 
 
 class GRPOTrainer(Trainer):
@@ -334,7 +339,10 @@ class GRPOTrainer(Trainer):
         return stats
 
     def _micro_batch_rows(self, batch: TrainBatch) -> list[torch.Tensor]:
-        """Rows to train on, in micro-batches of at most micro_batch_size rows, longest completions first.
+        """Rows to train on, in micro-batches of at most micro_batch_size rows, longest completions first; when the
+        prompts run once per pass, of at most micro_batch_size x max_completion_length padded completion positions
+        (and ROWS_PER_MICRO_BATCH x micro_batch_size rows), so that short completions fill a micro-batch with more
+        rows in about the activation memory of micro_batch_size full-length ones.
 
         With no KL term and no entropy bonus a zero-advantage row has exactly zero gradient, so it is skipped
         (whole groups with no reward spread, typically); the loss normalisers still count it, because they are
@@ -350,7 +358,8 @@ class GRPOTrainer(Trainer):
         if self._shares_prefix():
             rows = keep.nonzero().flatten()
             rows = rows[lengths[rows].argsort(descending=True, stable=True)]
-            return list(rows.split(c.micro_batch_size)) if rows.numel() else []
+            return split_by_positions(rows, lengths, c.micro_batch_size * c.max_completion_length,
+                                      ROWS_PER_MICRO_BATCH * c.micro_batch_size)
         groups = [rows for g in batch.group_ids.unique()
                   if (rows := ((batch.group_ids == g) & keep).nonzero().flatten()).numel()]
         groups.sort(key=lambda rows: -float(lengths[rows].max()))

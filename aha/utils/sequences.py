@@ -1,4 +1,5 @@
-"""Token sequences: the prefix a batch of prompts shares, and left-padded layouts around it."""
+"""Token sequences: the prefix a batch of prompts shares, left-padded layouts around it, and micro-batches of
+sorted rows by padded positions."""
 
 from __future__ import annotations
 
@@ -33,3 +34,14 @@ def left_pad(sequences: list[list[int]], pad_id: int, device: torch.device | str
             ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
             mask[row, width - len(seq):] = 1
     return ids.to(device), mask.to(device)
+
+
+def split_by_positions(rows: torch.Tensor, lengths: torch.Tensor, positions: int, most_rows: int) -> list[torch.Tensor]:
+    """``rows`` (longest completion first) in consecutive micro-batches of at most ``positions`` padded completion
+    positions each — a micro-batch pads to its first row's length — and at most ``most_rows`` rows, at least one."""
+    parts, start = [], 0
+    while start < len(rows):
+        count = min(most_rows, max(1, positions // max(int(lengths[rows[start]]), 1)))
+        parts.append(rows[start : start + count])
+        start += count
+    return parts

@@ -160,17 +160,35 @@ def test_engine_logprobs_match_the_trainers_own(tmp_path):
     assert torch.allclose(mine[mask], batch.engine_logprobs[mask], atol=1e-4)
 
 
-def test_micro_batches_hold_rows_of_similar_length_whatever_their_group(tmp_path):
+def test_micro_batches_hold_rows_of_similar_length_whatever_their_group(tmp_path, monkeypatch):
     from aha.types import build_train_batch
 
-    trainer = make(tmp_path, group_size=4, micro_batch_size=3)
+    trainer = make(tmp_path, group_size=4, micro_batch_size=3)  # max_completion_length 12: 36 positions
     lengths = [9, 1, 2, 8, 3, 7, 6, 4]  # two groups of 4, long and short completions in each
     batch = build_train_batch([[5, 6]] * 4 + [[7, 8, 9]] * 4, [[10] * n for n in lengths], torch.zeros(8), pad_id=2,
                               group_size=4)
     batch.advantages = torch.tensor([1.0, -1.0, 0.5, 0.0, 1.0, -1.0, 0.5, -0.5])  # row 3: no gradient, skipped
+    # micro-batches of up to 3 x 12 padded completion positions
     rows = [r.tolist() for r in trainer._micro_batch_rows(batch)]
-    assert rows == [[0, 5, 6], [7, 4, 2], [1]]  # lengths 9 7 6 | 4 3 2 | 1: each pads to its own longest
+    assert rows == [[0, 5, 6, 7], [4, 2, 1]]  # lengths 9 7 6 4 (4 x 9 = 36) | 3 2 1: each pads to its own longest
+    assert [batch.select(torch.tensor(r)).completion_width for r in rows] == [9, 3]
+    # and of at most ROWS_PER_MICRO_BATCH x micro_batch_size rows
+    monkeypatch.setattr("aha.trainer.grpo.ROWS_PER_MICRO_BATCH", 1)
+    rows = [r.tolist() for r in trainer._micro_batch_rows(batch)]
+    assert rows == [[0, 5, 6], [7, 4, 2], [1]]  # lengths 9 7 6 | 4 3 2 | 1
     assert [batch.select(torch.tensor(r)).completion_width for r in rows] == [9, 4, 1]
+
+
+def test_micro_batches_by_positions_pad_to_their_first_row():
+    from aha.utils.sequences import split_by_positions
+
+    lengths = torch.tensor([5, 40, 12, 12, 3, 30, 1])
+    rows = lengths.argsort(descending=True, stable=True)  # 1 5 2 3 0 4 6
+    parts = [p.tolist() for p in split_by_positions(rows, lengths, 48, most_rows=8)]
+    assert parts == [[1], [5], [2, 3, 0, 4], [6]]  # 40 | 30 | 12 12 5 3 (4 x 12 = 48) | 1
+    assert [p.tolist() for p in split_by_positions(rows, lengths, 48, most_rows=3)] == [[1], [5], [2, 3, 0], [4, 6]]
+    assert [p.tolist() for p in split_by_positions(rows[:1], lengths, 8, 8)] == [[1]]  # longer than the budget: alone
+    assert split_by_positions(rows[:0], lengths, 48, 8) == []
 
 
 def test_an_entropy_bonus_trains_rows_without_advantage(tmp_path):
