@@ -38,10 +38,22 @@ def left_pad(sequences: list[list[int]], pad_id: int, device: torch.device | str
 
 def split_by_positions(rows: torch.Tensor, lengths: torch.Tensor, positions: int, most_rows: int) -> list[torch.Tensor]:
     """``rows`` (longest completion first) in consecutive micro-batches of at most ``positions`` padded completion
-    positions each — a micro-batch pads to its first row's length — and at most ``most_rows`` rows, at least one."""
-    parts, start = [], 0
-    while start < len(rows):
-        count = min(most_rows, max(1, positions // max(int(lengths[rows[start]]), 1)))
-        parts.append(rows[start : start + count])
-        start += count
-    return parts
+    positions each — a micro-batch pads to its first row's length — and at most ``most_rows`` rows (a row longer
+    than ``positions`` alone): the fewest micro-batches, and of those the split with the fewest padded positions
+    (a shortest path over the cut points)."""
+    widths = [max(int(lengths[r]), 1) for r in rows]
+    best: list[tuple[int, int] | None] = [(0, 0)] + [None] * len(widths)  # (micro-batches, padded positions)
+    cut = [0] * (len(widths) + 1)  # where the last micro-batch of the best split of rows[:end] begins
+    for end in range(1, len(widths) + 1):
+        for begin in range(end - 1, max(end - most_rows, 0) - 1, -1):
+            count = end - begin
+            if count > 1 and widths[begin] * count > positions:
+                break  # starting earlier only adds longer rows
+            cost = (best[begin][0] + 1, best[begin][1] + widths[begin] * count)
+            if best[end] is None or cost < best[end]:
+                best[end], cut[end] = cost, begin
+    parts, end = [], len(widths)
+    while end:
+        parts.append(rows[cut[end] : end])
+        end = cut[end]
+    return parts[::-1]

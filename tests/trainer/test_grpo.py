@@ -170,13 +170,13 @@ def test_micro_batches_hold_rows_of_similar_length_whatever_their_group(tmp_path
     batch.advantages = torch.tensor([1.0, -1.0, 0.5, 0.0, 1.0, -1.0, 0.5, -0.5])  # row 3: no gradient, skipped
     # micro-batches of up to 3 x 12 padded completion positions
     rows = [r.tolist() for r in trainer._micro_batch_rows(batch)]
-    assert rows == [[0, 5, 6, 7], [4, 2, 1]]  # lengths 9 7 6 4 (4 x 9 = 36) | 3 2 1: each pads to its own longest
-    assert [batch.select(torch.tensor(r)).completion_width for r in rows] == [9, 3]
+    assert rows == [[0, 5, 6], [7, 4, 2, 1]]  # lengths 9 7 6 | 4 3 2 1: each pads to its own longest
+    assert [batch.select(torch.tensor(r)).completion_width for r in rows] == [9, 4]
     # and of at most ROWS_PER_MICRO_BATCH x micro_batch_size rows
     monkeypatch.setattr("aha.trainer.grpo.ROWS_PER_MICRO_BATCH", 1)
     rows = [r.tolist() for r in trainer._micro_batch_rows(batch)]
-    assert rows == [[0, 5, 6], [7, 4, 2], [1]]  # lengths 9 7 6 | 4 3 2 | 1
-    assert [batch.select(torch.tensor(r)).completion_width for r in rows] == [9, 4, 1]
+    assert rows == [[0, 5, 6], [7, 4], [2, 1]]  # lengths 9 7 6 | 4 3 | 2 1 (27 + 8 + 4 padded; 9 7 6 | 4 3 2 | 1: 40)
+    assert [batch.select(torch.tensor(r)).completion_width for r in rows] == [9, 4, 2]
 
 
 def test_micro_batches_by_positions_pad_to_their_first_row():
@@ -184,9 +184,13 @@ def test_micro_batches_by_positions_pad_to_their_first_row():
 
     lengths = torch.tensor([5, 40, 12, 12, 3, 30, 1])
     rows = lengths.argsort(descending=True, stable=True)  # 1 5 2 3 0 4 6
+    # 40 and 30 alone (2 x 30 > 48); 12 12 5 3 1 needs two (5 x 12 > 48): of those, 12 12 | 5 3 1 pads the least
+    # (24 + 15 positions; 12 12 5 3 | 1: 48 + 1)
     parts = [p.tolist() for p in split_by_positions(rows, lengths, 48, most_rows=8)]
-    assert parts == [[1], [5], [2, 3, 0, 4], [6]]  # 40 | 30 | 12 12 5 3 (4 x 12 = 48) | 1
-    assert [p.tolist() for p in split_by_positions(rows, lengths, 48, most_rows=3)] == [[1], [5], [2, 3, 0], [4, 6]]
+    assert parts == [[1], [5], [2, 3], [0, 4, 6]]
+    assert [p.tolist() for p in split_by_positions(rows, lengths, 48, most_rows=2)] == [[1], [5], [2, 3], [0, 4], [6]]
+    # by rows alone: 40 30 12 | 12 5 3 1 (120 + 48 padded; 40 30 12 12 | 5 3 1: 160 + 15)
+    assert [p.tolist() for p in split_by_positions(rows, lengths, 1000, most_rows=4)] == [[1, 5, 2], [3, 0, 4, 6]]
     assert [p.tolist() for p in split_by_positions(rows[:1], lengths, 8, 8)] == [[1]]  # longer than the budget: alone
     assert split_by_positions(rows[:0], lengths, 48, 8) == []
 
