@@ -42,10 +42,14 @@ class RunLogs:
         """Each log's size, to be stored in a checkpoint."""
         return {name: log.size() for name, log in self._files().items()}
 
-    def restore(self, sizes: dict[str, int], step: int) -> None:
-        """Cut every log back to ``sizes`` and drop evaluation samples of steps after ``step``."""
+    def restore(self, sizes: dict[str, int], step: int, finished: bool = False) -> None:
+        """Cut every log back to ``sizes`` and drop evaluation samples of steps after ``step``. A ``finished`` run's
+        evaluations are kept (its final evaluation is written after its last checkpoint), less a cut-off line."""
         for name, log in self._files().items():
-            log.truncate(sizes.get(name, 0))
+            if name == "evals" and finished:
+                log.drop_partial_line()
+            else:
+                log.truncate(sizes.get(name, 0))
         if not self.write:
             return
         for eval_step, path in self.layout.eval_sample_files():

@@ -17,7 +17,8 @@ The loop, for every trainer::
         evaluate every eval_steps        eval.jsonl, eval-step-N.jsonl
         checkpoint every save_steps      records every log's size
         stop at max_train_minutes
-    evaluate("after"); final checkpoint (marked finished); summary.json
+    final checkpoint (marked finished)   then the optimiser state is freed
+    evaluate("after"); summary.json      a finished run resumed without it runs it
 """
 
 from __future__ import annotations
@@ -252,7 +253,12 @@ class Trainer(ABC):
             save_config(c, self.layout.config)
         self.world.barrier()
         if finished:
-            self.console.log(f"{self.layout.root}: the run finished at step {start}; nothing left to do")
+            left = "nothing left to do"
+            if self.world.any(not self._evaluated_after(start)):  # killed in its final evaluation: run it again
+                self.release_training_state()
+                if self.run_evaluation(start, "after") is not None:
+                    left = "its final evaluation had not, and has now run"
+            self.console.log(f"{self.layout.root}: the run finished at step {start}; {left}")
             return self.summarise(start)
         if getattr(c, "report_to", None) and self.world.is_main:
             self.trackers = Trackers(c.report_to, self.layout.root, config_to_dict(c))
@@ -305,9 +311,28 @@ class Trainer(ABC):
             self.console.log(f"stopped by {stopped} after step {step}; checkpoint {path}. Resume with: "
                              f"aha {c.command} {self.layout.config} resume=true")
             return self.summarise(step, stopped=stopped)
+        self.save(step, finished=True)  # the trained model is safe before the final evaluation runs
+        self.release_training_state()
         self.run_evaluation(step, "after")
-        self.save(step, finished=True)
         return self.summarise(step)
+
+    def release_training_state(self) -> None:
+        """Free what only further steps would use, once the run's last checkpoint is written: the optimiser's
+        state (AdamW's two moments: twice the trained weights) and the gradients, so that the final
+        evaluation's memory does not add to them."""
+        for learner in self.learners():
+            learner.zero_grad()
+            learner.optimizer.state.clear()
+        release_free_memory()
+
+    def learners(self) -> list[Policy]:
+        """The networks this trainer optimises, each with its optimiser: the policy (PPO adds its critic)."""
+        return [self.policy]
+
+    def _evaluated_after(self, step: int) -> bool:
+        """Whether the held-out evaluation after the final ``step`` is in the logs (a finished run's last
+        checkpoint comes before it)."""
+        return any(e.get("label") == "after" and e.get("step") == step for e in self.logs.evals.read())
 
     def check_numerics(self, step: int, metrics: dict[str, Any]) -> None:
         """Count steps skipped for a non-finite loss or gradient; too many in a row stop the run (the weights
@@ -367,7 +392,7 @@ class Trainer(ABC):
         state = load_checkpoint(path, model=p.model, optimizer=p.optimizer, scheduler=p.scheduler,
                                 modules=self.modules())
         self.train_seconds = state.get("train_seconds", 0.0)
-        self.logs.restore(state.get("log_sizes", {}), state["step"])
+        self.logs.restore(state.get("log_sizes", {}), state["step"], finished=bool(state.get("finished")))
         if self.world.is_main:
             self.layout.summary.unlink(missing_ok=True)
         self.load_trainer_state(state.get("trainer", {}))

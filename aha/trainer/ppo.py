@@ -196,6 +196,9 @@ class PPOTrainer(GRPOTrainer):
     def trainable_parameters(self) -> int:
         return super().trainable_parameters() + sum(p.numel() for p in self.critic.parameters())
 
+    def learners(self) -> list[Policy]:
+        return [*super().learners(), self.critic_learner]
+
     def trainer_state(self) -> dict[str, Any]:
         return {**super().trainer_state(), "critic_optimizer": self.critic_optimizer.state_dict()}
 

@@ -46,6 +46,7 @@ KILLS = [
     "rotation:1",     # checkpoint 2 being deleted after checkpoint 6 was written
     "generation:2",   # mid-rollout of step 8
     "backward:3",     # inside step 7
+    "evaluation:1",   # inside the final evaluation, after the finished checkpoint 8
 ]
 
 

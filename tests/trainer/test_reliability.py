@@ -77,6 +77,47 @@ def test_a_damaged_checkpoint_is_reported_and_the_one_before_is_used(tmp_path, d
     assert untimed == [{k: v for k, v in m.items() if not k.startswith("time/")} for m in expected]
 
 
+def test_the_final_evaluation_runs_after_the_last_checkpoint_with_the_optimiser_state_freed(tmp_path, monkeypatch):
+    seen = []
+    evaluate = GRPOTrainer.evaluate
+
+    def watched(self, step):
+        latest = self.layout.latest_checkpoint()
+        seen.append((step, latest.name if latest else None, len(self.policy.optimizer.state)))
+        return evaluate(self, step)
+
+    monkeypatch.setattr(GRPOTrainer, "evaluate", watched)
+    trainer = make(tmp_path, max_steps=2, eval_size=4)
+    trainer.fit()
+    assert seen == [(0, None, 0), (2, "step-000002", 0)]  # the model saved, AdamW's moments gone
+    state = torch.load(trainer.layout.checkpoint(2) / "trainer_state.pt", weights_only=False)
+    assert state["finished"] and len(state["optimizer"]["state"]) == len(trainer.policy.params)  # kept for resuming
+
+
+def test_a_run_killed_in_its_final_evaluation_runs_it_when_resumed(tmp_path, monkeypatch, capsys):
+    straight = make(tmp_path / "straight", max_steps=2, eval_size=4).fit()
+    evaluate = GRPOTrainer.evaluate
+
+    def killed_at_the_end(self, step):
+        if step == 2:
+            raise KeyboardInterrupt
+        return evaluate(self, step)
+
+    monkeypatch.setattr(GRPOTrainer, "evaluate", killed_at_the_end)
+    with pytest.raises(KeyboardInterrupt):
+        make(tmp_path, max_steps=2, eval_size=4).fit()
+    monkeypatch.setattr(GRPOTrainer, "evaluate", evaluate)
+    resumed = make(tmp_path, max_steps=2, eval_size=4, resume=True)
+    summary = resumed.fit()
+    assert "its final evaluation had not, and has now run" in capsys.readouterr().err
+    assert [e["label"] for e in read(resumed.layout.evals)] == ["before", "after"]
+    assert summary["after"] == straight["after"] and summary["steps"] == 2
+    again = make(tmp_path, max_steps=2, eval_size=4, resume=True).fit()  # a finished run: nothing runs again
+    assert "nothing left to do" in capsys.readouterr().err
+    assert [e["label"] for e in read(resumed.layout.evals)] == ["before", "after"]
+    assert again["after"] == summary["after"]
+
+
 def test_a_full_disk_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
     trainer = make(tmp_path, max_steps=4, save_steps=1)
     original = checkpoint_module.torch.save
