@@ -318,10 +318,9 @@ class Trainer(ABC):
 
     def release_training_state(self) -> None:
         """Free what only further steps would use, once the run's last checkpoint is written: the optimiser's
-        state (AdamW's two moments: twice the trained weights) and the gradients, so that the final
-        evaluation's memory does not add to them."""
+        state (AdamW's two moments: twice the trained weights; every step already frees its gradients), so that
+        the final evaluation's memory does not add to it."""
         for learner in self.learners():
-            learner.zero_grad()
             learner.optimizer.state.clear()
         release_free_memory()
 
