@@ -35,6 +35,7 @@ def _run_recipe(args: argparse.Namespace) -> int:
         from aha.run import init_world, leave_world
 
         init_world(config.device)  # several processes when launched by torchrun; else one
+        finished = False
         try:
             if args.command == "train":
                 from aha.trainer import rl_trainer
@@ -44,8 +45,9 @@ def _run_recipe(args: argparse.Namespace) -> int:
                 from aha.trainer.sft import SFTTrainer
 
                 SFTTrainer.from_config(config).fit()
+            finished = True
         finally:
-            leave_world()
+            leave_world(finished)
     else:
         from aha.pipeline.distill import distill
         from aha.utils.console import make_console

@@ -175,10 +175,15 @@ def current_world() -> World:
     return _WORLD if _WORLD is not None else World()
 
 
-def leave_world() -> None:
-    """Leave the process group (at the end of a command)."""
+def leave_world(finished: bool = True) -> None:
+    """Leave the process group at the end of a command. A ``finished`` command first waits for every rank: gloo's
+    worker threads free a finished collective's tensors after the collective returns, and a rank that raced ahead
+    into interpreter shutdown would abort there (a worker thread cannot take the GIL then). A failed command does
+    not wait: the other ranks may never arrive."""
     global _WORLD
     if _WORLD is not None and _WORLD.distributed and torch.distributed.is_initialized():
+        if finished:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     _WORLD = None
 

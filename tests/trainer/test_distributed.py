@@ -65,6 +65,22 @@ def test_world_shares_are_contiguous_and_cover_every_item():
             assert max(map(len, shares)) - min(map(len, shares)) <= 1
 
 
+@pytest.mark.parametrize("finished", [True, False])
+def test_a_finished_command_waits_for_every_rank_before_leaving_and_a_failed_one_does_not(monkeypatch, finished):
+    """A rank that leaves while gloo's worker threads still free its last collective's tensors aborts in
+    interpreter shutdown; a rank whose command failed must not wait for ranks that may never come."""
+    import aha.run.world as world
+
+    calls = []
+    monkeypatch.setattr(world, "_WORLD", World(rank=1, world_size=2))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda: calls.append("destroy"))
+    world.leave_world(finished)
+    assert calls == (["barrier", "destroy"] if finished else ["destroy"])
+    assert world.current_world().world_size == 1
+
+
 def test_grpo_on_two_processes_equals_one_and_resumes_on_one(tmp_path):
     aha(tmp_path, 1, "train", *GRPO, "max_steps=3", "output_dir=one")
     two = aha(tmp_path, 2, "train", *GRPO, "max_steps=3", "output_dir=two")
