@@ -1,5 +1,6 @@
 """Training curves of a run directory (reward, accuracy, format, completion length, reflection rate) as one
-PNG, with the aha moment (:func:`aha.analysis.reflection.find_aha_moment` on the reflection rate) marked."""
+PNG, with the aha moment (:func:`aha.analysis.reflection.find_aha_moment` on the reflection rate) marked; for a
+supervised run (aha sft, a distillation's student), its loss, gradient norm and learning rate."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ PANELS = [
     ("completion_length", "completion length (tokens)"),
     ("reflection/rate", "responses with a reflection phrase"),
 ]
+SUPERVISED_PANELS = [
+    ("loss", "training loss"),
+    ("grad_norm", "gradient norm"),
+    ("lr", "learning rate"),
+]
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -27,7 +33,8 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None, smooth: int = 5) -> Path:
     """Write the run's curves (raw and a moving average of ``smooth`` steps) to ``out`` (default
-    ``<run>/curves.png``); held-out evaluations are marked on the accuracy panel."""
+    ``<run>/curves.png``); held-out evaluations are marked on the accuracy panel (a supervised run's: on its loss
+    panel)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,13 +42,15 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, smooth: int = 5
 
     rows = read_metrics(run_dir)
     evals = JsonlFile(RunLayout(run_dir).evals).read()
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4 * len(PANELS), 3.2))
-    for ax, (key, title) in zip(axes, PANELS):
+    supervised = bool(rows) and not any("reward" in row for row in rows)
+    panels = SUPERVISED_PANELS if supervised else PANELS
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (key, title) in zip(axes, panels):
         points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
         if points:
             steps, values = zip(*points)
             ax.plot(steps, values, alpha=0.35, color="tab:blue")
-            window = max(1, min(smooth, len(values)))
+            window = 1 if key == "lr" else max(1, min(smooth, len(values)))  # a schedule is not noise
             averaged = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
                         for i in range(len(values))]
             ax.plot(steps, averaged, color="tab:blue")
@@ -50,12 +59,14 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, smooth: int = 5
             if moment is not None:
                 ax.axvline(steps[moment.index], color="tab:red", linestyle=":", label="aha moment")
                 ax.legend(fontsize=7)
-        if key == "reward/accuracy" and evals:
-            ax.plot([e["step"] for e in evals], [e["strict_accuracy"] for e in evals], "o-", color="tab:green",
-                    label="held-out strict")
-            ax.plot([e["step"] for e in evals], [e["lenient_accuracy"] for e in evals], "s--", color="tab:orange",
-                    label="held-out lenient")
-            ax.legend(fontsize=7)
+        marks = {"reward/accuracy": [("strict_accuracy", "o-", "tab:green", "held-out strict"),
+                                     ("lenient_accuracy", "s--", "tab:orange", "held-out lenient")],
+                 "loss": [("loss", "o-", "tab:green", "held-out loss")]}.get(key, [])
+        for field, style, colour, label in marks:
+            held = [(e["step"], e[field]) for e in evals if isinstance(e.get(field), (int, float))]
+            if held:
+                ax.plot([h[0] for h in held], [h[1] for h in held], style, color=colour, label=label)
+                ax.legend(fontsize=7)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
     fig.tight_layout()

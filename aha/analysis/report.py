@@ -1,12 +1,13 @@
 """``aha report RUN_DIR [RUN_DIR ...]``: one self-contained HTML page (plots inline as PNG, no network needed
 to view it) of one or several training runs, or of a pipeline's run directory (a section per training stage).
 
-Per run: held-out evaluations, then curves — reward and accuracy, response length (mean, p90, right and wrong
+Per RL run: held-out evaluations, then curves — reward and accuracy, response length (mean, p90, right and wrong
 apart), reflection rate with the aha moment marked (:func:`find_aha_moment`), KL, entropy, clip ratio — then
 the aha-moment section (where, how sure, whether reflective answers were right more often before and after it,
 and example rollouts from before and after, the same question where possible, reflective phrases highlighted),
 then a table of the logged rollouts with filters (right / wrong, with reflection, text). Several runs share
-each plot, one line per run. The same figures can be written as PNG files for papers and READMEs.
+each plot, one line per run. A supervised run (a pipeline's SFT stages, a distillation's students) shows its
+training loss and its held-out loss instead. The same figures can be written as PNG files for papers and READMEs.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ PANELS = [
     ("no_signal", ["zero_std_groups"], "groups whose samples all scored alike (no gradient)"),
     ("clip", ["clip_ratio"], "clipped share of tokens"),
 ]
+SUPERVISED_PANELS = [("supervised_loss", ["loss"], "training loss (supervised runs)")]
 MAX_ROLLOUTS = 600
 """Rollouts in the table at most (of steps spread over the run); the page stays light enough to open anywhere."""
 
@@ -47,13 +49,19 @@ class Run:
     samples: list[dict[str, Any]]
     summary: dict[str, Any]
 
+    @property
+    def supervised(self) -> bool:
+        """A supervised run (aha sft, a distillation's student): it logs a loss and no rewards."""
+        return bool(self.metrics) and not any("reward" in row for row in self.metrics)
+
 
 def _read(path: Path) -> list[dict[str, Any]]:
     return JsonlFile(path).read() if path.is_file() else []
 
 
 def find_runs(paths: list[str]) -> list[Run]:
-    """Every training run named: a run directory, or each training stage of a pipeline's run directory."""
+    """Every training run named: a run directory, each training stage of a pipeline's run directory, or each
+    student of a distillation's (its own or a pipeline stage's: ``students/<name>/``)."""
     runs = []
     for given in paths:
         root = Path(given)
@@ -63,6 +71,9 @@ def find_runs(paths: list[str]) -> list[Run]:
             folders = [(f"{root.name}/{s['name']}", root / s["name"]) for s in stages]
         else:
             folders = [(root.name or str(root), root)]
+        folders = [found for label, folder in folders for found in
+                   ([(label, folder)] if RunLayout(folder).metrics.is_file() else
+                    [(f"{label}/{student.name}", student) for student in sorted((folder / "students").glob("*"))])]
         for label, folder in folders:
             layout = RunLayout(folder)
             if not layout.metrics.is_file():
@@ -72,7 +83,7 @@ def find_runs(paths: list[str]) -> list[Run]:
                             summary))
         if not folders or not any(r.layout.root.is_relative_to(root) for r in runs):
             raise FileNotFoundError(f"{given}: no training run here (no metrics.jsonl, nor a pipeline.json "
-                                    "with training stages)")
+                                    "with training stages, nor a distillation's students)")
     return runs
 
 
@@ -96,15 +107,18 @@ def figures(runs: list[Run], moments: dict[str, AhaMoment | None]) -> dict[str, 
 
     out: dict[str, bytes] = {}
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for name, keys, title in PANELS:
-        if not any(series(run, key)[0] for run in runs for key in keys):
+    reinforced = [run for run in runs if not run.supervised]
+    panels = [(name, keys, title, reinforced) for name, keys, title in PANELS]
+    panels += [(name, keys, title, [run for run in runs if run.supervised]) for name, keys, title in SUPERVISED_PANELS]
+    for name, keys, title, shown in panels:
+        if not any(series(run, key)[0] for run in shown for key in keys):
             continue
         fig, ax = plt.subplots(figsize=(6.4, 3.4))
-        for r, run in enumerate(runs):
+        for r, run in enumerate(shown):
             for k, key in enumerate(keys):
                 steps, values = series(run, key)
                 if steps:
-                    label = f"{run.label}: {key}" if len(runs) > 1 else key
+                    label = f"{run.label}: {key}" if len(shown) > 1 else key
                     ax.plot(steps, values, color=colours[(r * len(keys) + k) % len(colours)], label=label,
                             alpha=0.9, linewidth=1.2)
             moment = moments.get(run.label)
@@ -116,20 +130,24 @@ def figures(runs: list[Run], moments: dict[str, AhaMoment | None]) -> dict[str, 
         fig.tight_layout()
         out[name] = _figure_png(fig)
         plt.close(fig)
-    if any(run.evals for run in runs):
+    held_out = [("heldout", "held-out accuracy", [("strict_accuracy", "o-", "strict"), ("lenient_accuracy", "s--",
+                                                                                        "lenient")]),
+                ("heldout_loss", "held-out loss (supervised runs)", [("loss", "o-", "loss")])]
+    for name, title, keys in held_out:
+        shown = [run for run in runs if any(key in e for e in run.evals for key, _, _ in keys)]
+        if not shown:
+            continue
         fig, ax = plt.subplots(figsize=(6.4, 3.4))
-        for r, run in enumerate(runs):
-            if run.evals:
-                steps = [e["step"] for e in run.evals]
-                ax.plot(steps, [e["strict_accuracy"] for e in run.evals], "o-", color=colours[r % len(colours)],
-                        label=f"{run.label}: strict")
-                ax.plot(steps, [e["lenient_accuracy"] for e in run.evals], "s--", color=colours[r % len(colours)],
-                        alpha=0.6, label=f"{run.label}: lenient")
-        ax.set_title("held-out accuracy", fontsize=10)
+        for r, run in enumerate(shown):
+            for k, (key, style, what) in enumerate(keys):
+                points = [(e["step"], e[key]) for e in run.evals if isinstance(e.get(key), (int, float))]
+                ax.plot([p[0] for p in points], [p[1] for p in points], style, color=colours[r % len(colours)],
+                        alpha=1.0 if k == 0 else 0.6, label=f"{run.label}: {what}")
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        out["heldout"] = _figure_png(fig)
+        out[name] = _figure_png(fig)
         plt.close(fig)
     return out
 
@@ -201,6 +219,19 @@ def moment_section(run: Run, moment: AhaMoment | None, counter: ReflectionCounte
 
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.1%}"
+
+
+def held_out_change(run: Run) -> str:
+    """The held-out result before and after training, from the run's summary: accuracy for an RL run, loss and
+    perplexity for a supervised one; empty before the run's end."""
+    before, after = run.summary.get("before") or {}, run.summary.get("after") or {}
+    if not after:
+        return ""
+    if "strict_accuracy" not in after and "loss" in after:
+        return (f", held-out loss {before.get('loss', float('nan')):.4f} → {after['loss']:.4f} (perplexity "
+                f"{before.get('perplexity', float('nan')):.2f} → {after.get('perplexity', float('nan')):.2f})")
+    return (f", held-out strict {_pct(before.get('strict_accuracy'))} → {_pct(after.get('strict_accuracy'))}, "
+            f"lenient {_pct(before.get('lenient_accuracy'))} → {_pct(after.get('lenient_accuracy'))}")
 
 
 def table_samples(samples: list[dict[str, Any]], limit: int = MAX_ROLLOUTS,
@@ -319,14 +350,11 @@ def build_report(paths: list[str], out: str | Path | None = None, png_dir: str |
         for name, data in pngs.items()) + "</div>")
     for i, run in enumerate(runs):
         summary = run.summary
-        before, after = summary.get("before") or {}, summary.get("after") or {}
-        body.append(f"<h2>{html.escape(run.label)}</h2><p>{len(run.metrics)} steps logged"
-                    + (f", held-out strict {_pct(before.get('strict_accuracy'))} → "
-                       f"{_pct(after.get('strict_accuracy'))}, lenient {_pct(before.get('lenient_accuracy'))} → "
-                       f"{_pct(after.get('lenient_accuracy'))}" if after else "")
+        body.append(f"<h2>{html.escape(run.label)}</h2><p>{len(run.metrics)} steps logged" + held_out_change(run)
                     + (f"; stopped: {html.escape(str(summary['stopped']))}" if summary.get("stopped") else "")
                     + ("" if summary else " (running or stopped before its end)") + ".</p>")
-        body.append("<h3>The aha moment</h3>" + moment_section(run, moments[run.label], counter))
+        if not run.supervised:
+            body.append("<h3>The aha moment</h3>" + moment_section(run, moments[run.label], counter))
         if run.samples:
             body.append("<h3>Rollouts</h3>" + rollout_table(run, counter, f"rollouts-{i}", moments[run.label]))
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>aha report</title><style>" + STYLE

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from aha.analysis.reflection import ReflectionCounter
-from aha.analysis.report import build_report
+from aha.analysis.report import PANELS, build_report
 from aha.cli import main
 
 
@@ -92,6 +92,38 @@ def test_a_pipeline_directory_gets_a_section_per_training_stage(tmp_path):
     (tmp_path / "pipe" / "pipeline.json").write_text(json.dumps({"stages": [{"name": "mix"}, {"name": "rl"}]}))
     page = build_report([str(tmp_path / "pipe")]).read_text()
     assert "<h2>pipe/rl</h2>" in page and "pipe/mix" not in page
+
+
+def fake_sft_run(root: Path, steps: int = 6) -> Path:
+    """What aha sft writes: a loss a step, held-out loss and perplexity before and after, no rewards."""
+    root.mkdir(parents=True)
+    write_jsonl(root / "metrics.jsonl", [{"step": s, "loss": 2.0 - 0.1 * s, "grad_norm": 1.0, "lr": 1e-5}
+                                         for s in range(1, steps + 1)])
+    before, after = {"loss": 2.0, "perplexity": 7.389}, {"loss": 1.4, "perplexity": 4.055}
+    write_jsonl(root / "eval.jsonl", [{"step": 0, "label": "before", **before},
+                                      {"step": steps, "label": "after", **after}])
+    (root / "summary.json").write_text(json.dumps({"steps": steps, "before": before, "after": after}))
+    return root
+
+
+def test_supervised_runs_show_their_losses_beside_rl_runs(tmp_path):
+    """A pipeline's SFT stages and a distillation's students: training and held-out loss, no aha-moment section."""
+    fake_sft_run(tmp_path / "pipe" / "cold_start")
+    fake_run(tmp_path / "pipe" / "rl")
+    fake_sft_run(tmp_path / "pipe" / "distill" / "students" / "small")
+    (tmp_path / "pipe" / "pipeline.json").write_text(json.dumps({"stages": [
+        {"name": "cold_start"}, {"name": "rl"}, {"name": "distill"}]}))
+    page = build_report([str(tmp_path / "pipe")], png_dir=tmp_path / "png").read_text()
+    sections = re.findall(r"<h2>(.*?)</h2>", page)
+    assert sections == ["pipe/cold_start", "pipe/rl", "pipe/distill/small"]
+    assert page.count("held-out loss 2.0000 → 1.4000 (perplexity 7.39 → 4.05)") == 2
+    assert "held-out strict 10.0% → 50.0%" in page
+    assert page.count("<h3>The aha moment</h3>") == 1  # the RL stage's only
+    pngs = sorted(p.stem for p in (tmp_path / "png").glob("*.png"))
+    assert pngs == sorted([name for name, _, _ in PANELS] + ["heldout", "heldout_loss", "supervised_loss"])
+    alone = build_report([str(tmp_path / "pipe" / "distill")], png_dir=tmp_path / "alone").read_text()
+    assert re.findall(r"<h2>(.*?)</h2>", alone) == ["distill/small"]
+    assert sorted(p.stem for p in (tmp_path / "alone").glob("*.png")) == ["heldout_loss", "supervised_loss"]
 
 
 def test_a_folder_without_a_run_is_one_line_and_exit_2(tmp_path, capsys):

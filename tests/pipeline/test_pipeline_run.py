@@ -79,3 +79,18 @@ def test_r1_tiny_killed_mid_stage_then_run_again_finishes_without_redoing_work(t
 
     again = subprocess.run(command(out), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stderr.count("done, skipped") == len(STAGES)
+
+    # the finished pipeline's report and plots: a section per training stage, SFT stages and the student included
+    report = subprocess.run([sys.executable, "-m", "aha", "report", str(out), "--out", str(tmp_path / "r1.html")],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    page = (tmp_path / "r1.html").read_text()
+    for stage in ("cold_start", "rl_reasoning", "sft_all", "rl_all", "distill/tiny-llama"):
+        assert f"<h2>r1/{stage}</h2>" in page
+    cold = json.loads((out / "cold_start" / "summary.json").read_text())
+    assert f"held-out loss {cold['before']['loss']:.4f} → {cold['after']['loss']:.4f}" in page
+    assert "alt='heldout_loss'" in page and "alt='heldout'" in page and "alt='supervised_loss'" in page
+    for run in ("cold_start", "rl_all", "distill/students/tiny-llama"):
+        plot = subprocess.run([sys.executable, "-m", "aha", "plot", str(out / run)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert plot.returncode == 0 and (out / run / "curves.png").is_file(), plot.stderr[-3000:]
