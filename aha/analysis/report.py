@@ -59,6 +59,13 @@ def _read(path: Path) -> list[dict[str, Any]]:
     return JsonlFile(path).read() if path.is_file() else []
 
 
+def _runs_in(label: str, folder: Path) -> list[tuple[str, Path]]:
+    """The folder as a run, or a distillation's folder as its students' runs."""
+    if RunLayout(folder).metrics.is_file():
+        return [(label, folder)]
+    return [(f"{label}/{student.name}", student) for student in sorted((folder / "students").glob("*"))]
+
+
 def find_runs(paths: list[str]) -> list[Run]:
     """Every training run named: a run directory, each training stage of a pipeline's run directory, or each
     student of a distillation's (its own or a pipeline stage's: ``students/<name>/``)."""
@@ -71,9 +78,7 @@ def find_runs(paths: list[str]) -> list[Run]:
             folders = [(f"{root.name}/{s['name']}", root / s["name"]) for s in stages]
         else:
             folders = [(root.name or str(root), root)]
-        folders = [found for label, folder in folders for found in
-                   ([(label, folder)] if RunLayout(folder).metrics.is_file() else
-                    [(f"{label}/{student.name}", student) for student in sorted((folder / "students").glob("*"))])]
+        folders = [run for label, folder in folders for run in _runs_in(label, folder)]
         for label, folder in folders:
             layout = RunLayout(folder)
             if not layout.metrics.is_file():
