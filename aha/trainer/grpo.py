@@ -151,7 +151,7 @@ class GRPOTrainer(Trainer):
     def sample_step(self, step: int) -> tuple[Rollouts, dict[str, float]]:
         """The step's rollouts. With dynamic sampling (DAPO, Yu et al. 2025, §3.2), groups whose rewards are all
         equal are dropped and more prompts are sampled, up to dynamic_sampling_rounds extra rounds, until the
-        step has prompts_per_step groups with reward spread."""
+        step has prompts_per_step groups with reward spread (or max_completions are sampled)."""
         c = self.config
         first = list(range(step * c.prompts_per_step, (step + 1) * c.prompts_per_step))
         rollouts = self.rollout(first, step)
@@ -162,6 +162,8 @@ class GRPOTrainer(Trainer):
         for extra in range(c.dynamic_sampling_rounds):
             if kept.num_groups >= c.prompts_per_step:
                 break
+            if c.max_completions and self.sampled_completions + sampled * c.group_size >= c.max_completions:
+                break  # the sampling budget is spent: no round beyond it, as no step starts beyond it
             # extra prompts come from an index range of their own, so a step's draw depends only on (seed, step)
             base = (c.max_steps + step * c.dynamic_sampling_rounds + extra + 1) * c.prompts_per_step
             more = self.rollout(list(range(base, base + c.prompts_per_step)), step)

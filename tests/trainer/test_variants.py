@@ -54,6 +54,18 @@ def test_dynamic_sampling_stops_at_its_cap(tmp_path):
     assert rollouts.indices == [0, 1, 2, 3]  # nothing informative: the step's own prompts, zero advantages
 
 
+def test_dynamic_sampling_draws_no_round_beyond_the_completion_budget(tmp_path):
+    """`aha compare` gives each variant the same max_completions: DAPO's extra rounds must not overshoot it by
+    more than any variant's step does (one round of prompts_per_step groups)."""
+    trainer = make(tmp_path, max_steps=3, rewards="{tag_count: 1.0}", dynamic_sampling="true",
+                   dynamic_sampling_rounds=3, eval_size=0, max_completions=4 * 4 * 3)  # three rounds of 4 x 4
+    _, stats = trainer.sample_step(0)
+    assert trainer.config.group_size == 4 and stats["dynamic/sampled_groups"] == 4 * 3
+    trainer.fit()
+    metrics = read(trainer.layout.metrics)  # then the budget stops the run
+    assert [(m["dynamic/sampled_groups"], m["sampled_completions"]) for m in metrics] == [(12, 48)]
+
+
 def test_overlong_filtering_takes_truncated_completions_out_of_the_loss(tmp_path):
     trainer = make(tmp_path, max_steps=1, max_completion_length=1, mask_truncated="true",
                    rewards="{last_char_code: 1.0}", eval_size=0)
