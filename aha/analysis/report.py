@@ -339,7 +339,8 @@ if(location.hash==='#selftest'){
 
 def build_report(paths: list[str], out: str | Path | None = None, png_dir: str | Path | None = None,
                  phrases: list[str] | None = None) -> Path:
-    """Write the report (default: RUN_DIR/report.html of the first run) and optionally its PNG figures."""
+    """Write the report (default: report.html in the first folder named: a run's, a pipeline's, a distillation's)
+    and optionally its PNG figures."""
     runs = find_runs(paths)
     counter = ReflectionCounter(phrases)
     moments = {run.label: moment_of(run) for run in runs}
@@ -364,7 +365,7 @@ def build_report(paths: list[str], out: str | Path | None = None, png_dir: str |
             body.append("<h3>Rollouts</h3>" + rollout_table(run, counter, f"rollouts-{i}", moments[run.label]))
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>aha report</title><style>" + STYLE
             + "</style></head><body>" + "".join(body) + "<script>" + SCRIPT + "</script></body></html>")
-    target = Path(out) if out else runs[0].layout.root / "report.html"
+    target = Path(out) if out else Path(paths[0]) / "report.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(target, page)
     return target

@@ -113,7 +113,9 @@ def test_supervised_runs_show_their_losses_beside_rl_runs(tmp_path):
     fake_sft_run(tmp_path / "pipe" / "distill" / "students" / "small")
     (tmp_path / "pipe" / "pipeline.json").write_text(json.dumps({"stages": [
         {"name": "cold_start"}, {"name": "rl"}, {"name": "distill"}]}))
-    page = build_report([str(tmp_path / "pipe")], png_dir=tmp_path / "png").read_text()
+    out = build_report([str(tmp_path / "pipe")], png_dir=tmp_path / "png")
+    assert out == tmp_path / "pipe" / "report.html"  # the pipeline's, not its first stage's
+    page = out.read_text()
     sections = re.findall(r"<h2>(.*?)</h2>", page)
     assert sections == ["pipe/cold_start", "pipe/rl", "pipe/distill/small"]
     assert page.count("held-out loss 2.0000 → 1.4000 (perplexity 7.39 → 4.05)") == 2
