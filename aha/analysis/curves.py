@@ -24,6 +24,11 @@ SUPERVISED_PANELS = [
 ]
 
 
+def is_supervised(rows: list[dict]) -> bool:
+    """Whether a run's metrics are a supervised run's (aha sft, a distillation's student): a loss, no rewards."""
+    return bool(rows) and not any("reward" in row for row in rows)
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = RunLayout(run_dir).metrics
     if not path.exists():
@@ -42,8 +47,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, smooth: int = 5
 
     rows = read_metrics(run_dir)
     evals = JsonlFile(RunLayout(run_dir).evals).read()
-    supervised = bool(rows) and not any("reward" in row for row in rows)
-    panels = SUPERVISED_PANELS if supervised else PANELS
+    panels = SUPERVISED_PANELS if is_supervised(rows) else PANELS
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     for ax, (key, title) in zip(axes, panels):
         points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aha.analysis.curves import is_supervised
 from aha.analysis.reflection import AhaMoment, ReflectionCounter, find_aha_moment
 from aha.run.layout import RunLayout
 from aha.utils.io import JsonlFile, atomic_write_text
@@ -51,8 +52,7 @@ class Run:
 
     @property
     def supervised(self) -> bool:
-        """A supervised run (aha sft, a distillation's student): it logs a loss and no rewards."""
-        return bool(self.metrics) and not any("reward" in row for row in self.metrics)
+        return is_supervised(self.metrics)
 
 
 def _read(path: Path) -> list[dict[str, Any]]:
